@@ -1,0 +1,18 @@
+/**
+ * The drivers colo-blk knows. A graph made by `createGraph` can open any of
+ * them from blockdev options.
+ */
+import { BlockGraph, type DriverDefinition } from '../block/graph.js';
+import { fileDriver } from './file.js';
+import { memoryDriver } from './memory.js';
+import { rawDriver } from './raw.js';
+
+export const builtinDrivers: readonly DriverDefinition[] = [
+  fileDriver,
+  rawDriver,
+  memoryDriver,
+];
+
+export function createGraph(): BlockGraph {
+  return new BlockGraph(builtinDrivers);
+}
