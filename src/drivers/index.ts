@@ -3,14 +3,20 @@
  * them from blockdev options.
  */
 import { BlockGraph, type DriverDefinition } from '../block/graph.js';
+import { replicationDriver } from '../replication/driver.js';
+import { faultDriver } from './fault.js';
 import { fileDriver } from './file.js';
 import { memoryDriver } from './memory.js';
+import { quorumDriver } from './quorum.js';
 import { rawDriver } from './raw.js';
 
 export const builtinDrivers: readonly DriverDefinition[] = [
   fileDriver,
   rawDriver,
   memoryDriver,
+  replicationDriver,
+  quorumDriver,
+  faultDriver,
 ];
 
 export function createGraph(): BlockGraph {
