@@ -26,7 +26,7 @@ export interface QuorumFailure {
 export interface ReplicationEvents {
   stage: { node: string; mode: ReplicationMode; from: Stage; to: Stage };
   /** A node latched an error (the first one since it was last cleared). */
-  error: { node: string; error: LatchedError };
+  'error-latched': { node: string; error: LatchedError };
   checkpoint: { node: string; durationMs: number };
   'job-status': { id: string; type: JobType; status: JobStatus; internal: boolean };
   'job-progress': { id: string; type: JobType; current: number; total: number; internal: boolean };

@@ -231,7 +231,7 @@ export class ReplicationNode extends BlockNode {
       count: 1,
     };
     this.log.warn('replication-error-latched', { disk, operation, errno: cause.code, message: cause.message });
-    this.registry.events.emit('error', { node: this.nodeName, error: { ...this.latched } });
+    this.registry.events.emit('error-latched', { node: this.nodeName, error: { ...this.latched } });
   }
 
   private host(): ReplicationHost {
