@@ -14,6 +14,7 @@ import { builtinDrivers, createGraph } from '../../src/drivers/index.js';
 import { ReplicationNode } from '../../src/replication/node.js';
 import { replicationRegistry, type ReplicationRegistry } from '../../src/replication/registry.js';
 import { requireTool, runOk, tempDir } from '../helpers/env.js';
+import { locklessOverlayDriver } from './lockless-overlay.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
@@ -90,6 +91,8 @@ export interface SecondaryOptions {
   /** Put a `fault` filter on the secondary disk (its BlockBackend sits on the filter). */
   faultyLocal?: boolean;
   activeCluster?: number;
+  /** A hidden disk without internal locking (see lockless-overlay.ts). Memory kind only. */
+  locklessHidden?: boolean;
 }
 
 /** start_secondary(): local disk, then replication over active -> hidden -> local. */
@@ -105,7 +108,10 @@ export async function secondaryFixture(kind: DiskKind, opts: SecondaryOptions = 
   }
   const localBB = new BlockBackend('secondary-local-disk-id', local);
   if (opts.fill !== null) await localBB.write(0, Buffer.alloc(size, opts.fill ?? 0x11));
-  const hidden = await factory.disk('hidden', size, { backing: local.nodeName });
+  if (opts.locklessHidden) graph.register(locklessOverlayDriver);
+  const hidden = opts.locklessHidden
+    ? { driver: 'lockless-overlay', 'node-name': 'hidden', backing: local.nodeName }
+    : await factory.disk('hidden', size, { backing: local.nodeName });
   const active = await factory.disk('active', size, { backing: hidden });
   if (opts.activeCluster && kind === 'memory') active['cluster-size'] = opts.activeCluster;
   const repl = await graph.add({
@@ -127,6 +133,8 @@ export async function secondaryFixture(kind: DiskKind, opts: SecondaryOptions = 
     active: graph.lookup('active')!,
     hidden: graph.lookup('hidden')!,
     cleanup: async () => {
+      // Parked requests would keep the nodes from draining.
+      for (const n of graph.allNodes()) if (n instanceof FaultNode) n.clearRules();
       top.detach();
       localBB.detach();
       await graph.closeAll();
@@ -156,6 +164,7 @@ export async function primaryFixture(kind: DiskKind, opts: { size?: number; faul
     bb,
     disk: repl.file!,
     cleanup: async () => {
+      for (const n of graph.allNodes()) if (n instanceof FaultNode) n.clearRules();
       bb.detach();
       await graph.closeAll();
       factory.cleanup();
