@@ -25,6 +25,8 @@ async function main(argv: string[]): Promise<number> {
     case '-h':
       process.stdout.write(USAGE);
       return command === undefined ? 1 : 0;
+    case 'qmp':
+      return (await import('./qmp.js')).qmpMain(argv.slice(1));
     default:
       process.stderr.write(`colo-blk: unknown command '${command}'\n${USAGE}`);
       return 1;

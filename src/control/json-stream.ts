@@ -318,3 +318,21 @@ export class JsonMessageStream implements TokenSource {
     this.ends = ends;
   }
 }
+
+/**
+ * Parses one complete JSON text (a command-line argument, a test fixture)
+ * with QEMU's parser. Throws with QEMU's message when it is not exactly one
+ * valid value.
+ */
+export function parseJsonText(text: string | Uint8Array): QmpValue {
+  const stream = new JsonMessageStream();
+  stream.write(typeof text === 'string' ? Buffer.from(text, 'utf8') : text);
+  // A trailing space ends a number or keyword that the lexer is still reading.
+  stream.write(Buffer.from(' '));
+  const events = stream.readAll();
+  if (events.length === 0 || stream.collectedBytes > 0) throw new Error('JSON parse error, premature end of input');
+  const first = events[0]!;
+  if (first.kind === 'error') throw new Error(first.message);
+  if (events.length > 1) throw new Error('JSON parse error, more than one value');
+  return first.value;
+}

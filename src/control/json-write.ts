@@ -15,11 +15,16 @@
 import { QmpFloat } from './json-value.js';
 import { encodeModUtf8 } from './utf8.js';
 
-export function writeJson(value: unknown): string {
-  return write(value);
+export interface WriteOptions {
+  /** 'qdict' (default) orders object members as QEMU prints them; 'insertion' keeps the caller's order. */
+  order?: 'qdict' | 'insertion';
 }
 
-function write(v: unknown): string {
+export function writeJson(value: unknown, options: WriteOptions = {}): string {
+  return write(value, options.order === 'insertion');
+}
+
+function write(v: unknown, keepOrder: boolean): string {
   if (v === null || v === undefined) return 'null';
   switch (typeof v) {
     case 'boolean': return v ? 'true' : 'false';
@@ -33,16 +38,17 @@ function write(v: unknown): string {
   if (Array.isArray(v)) {
     if (v.length === 0) return '[]';
     let out = '[';
-    for (let i = 0; i < v.length; i++) out += (i > 0 ? ', ' : '') + write(v[i]);
+    for (let i = 0; i < v.length; i++) out += (i > 0 ? ', ' : '') + write(v[i], keepOrder);
     return `${out}]`;
   }
   const obj = v as Record<string, unknown>;
-  const keys = qdictOrder(Object.keys(obj).filter((k) => obj[k] !== undefined));
+  const present = Object.keys(obj).filter((k) => obj[k] !== undefined);
+  const keys = keepOrder ? present : qdictOrder(present);
   if (keys.length === 0) return '{}';
   let out = '{';
   for (let i = 0; i < keys.length; i++) {
     const k = keys[i]!;
-    out += `${i > 0 ? ', ' : ''}${quote(k)}: ${write(obj[k])}`;
+    out += `${i > 0 ? ', ' : ''}${quote(k)}: ${write(obj[k], keepOrder)}`;
   }
   return `${out}}`;
 }
