@@ -70,6 +70,10 @@ export class QmpSession implements SessionControl {
     return this.queue.length > 0;
   }
 
+  get queuedRequests(): number {
+    return this.queue.length;
+  }
+
   enterCommandMode(): void {
     this.commandMode = true;
   }
