@@ -28,6 +28,9 @@ export interface QmpServerOptions {
   log?: Logger;
 }
 
+/** How long a closing connection may take to hand over its last replies. */
+const FLUSH_TIMEOUT_MS = 5000;
+
 class SocketTransport implements SessionTransport {
   constructor(private readonly socket: net.Socket) {}
 
@@ -47,10 +50,16 @@ class SocketTransport implements SessionTransport {
     this.socket.resume();
   }
 
-  close(): void {
+  close(flush: boolean): void {
     if (this.socket.destroyed) return;
-    // Flush what is queued (the reply to `quit`), then let go of the socket.
+    if (!flush) {
+      this.socket.destroy();
+      return;
+    }
+    // Flush what is queued (the reply to `quit`), then let go of the socket,
+    // even if the client never reads it.
     this.socket.once('finish', () => this.socket.destroy());
+    setTimeout(() => this.socket.destroy(), FLUSH_TIMEOUT_MS).unref();
     this.socket.end();
   }
 }
@@ -137,7 +146,7 @@ export class QmpServer {
     this.closing = true;
     this.unsubscribe?.();
     const closed = this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
-    for (const session of this.sessions) session.close();
+    for (const session of this.sessions) session.close(false);
     for (const socket of this.sockets) socket.destroy();
     await Promise.all(closed);
     for (const p of this.unixPaths) fs.rmSync(p, { force: true });

@@ -16,7 +16,8 @@ export interface SessionTransport {
   readonly pendingOutput: number;
   pauseInput(): void;
   resumeInput(): void;
-  close(): void;
+  /** `flush` sends what is queued first; otherwise the connection is dropped at once. */
+  close(flush: boolean): void;
 }
 
 export interface SessionHost {
@@ -121,12 +122,12 @@ export class QmpSession implements SessionControl {
     if (this.commandMode) this.writeText(line);
   }
 
-  close(): void {
+  close(flush = true): void {
     if (this.closed) return;
     this.closed = true;
     this.queue.length = 0;
     this.host.forget(this);
-    this.transport.close();
+    this.transport.close(flush);
   }
 
   private closeIfFinished(): void {
@@ -138,7 +139,7 @@ export class QmpSession implements SessionControl {
     this.transport.write(text);
     if (this.transport.pendingOutput > this.maxOutput) {
       this.log.warn('qmp.client_not_reading', { pendingOutput: this.transport.pendingOutput });
-      this.close();
+      this.close(false);
     }
   }
 

@@ -49,11 +49,12 @@ export class RawClient {
     socket.setEncoding('latin1');
     socket.on('data', (d: string) => {
       this.buffered += d;
-      let i: number;
-      while ((i = this.buffered.indexOf('\r\n')) >= 0) {
-        this.push(this.buffered.slice(0, i));
-        this.buffered = this.buffered.slice(i + 2);
+      let start = 0;
+      for (let i = this.buffered.indexOf('\r\n'); i >= 0; i = this.buffered.indexOf('\r\n', start)) {
+        this.push(this.buffered.slice(start, i));
+        start = i + 2;
       }
+      this.buffered = this.buffered.slice(start);
     });
     socket.on('close', () => {
       this.ended = true;

@@ -26,7 +26,7 @@ class FakeTransport implements SessionTransport {
 
   pauseInput(): void { this.paused = true; this.pauses++; }
   resumeInput(): void { this.paused = false; }
-  close(): void { this.closed = true; }
+  close(_flush: boolean): void { this.closed = true; }
 
   /** Resolves once `n` lines have been written in total. */
   until(n: number): Promise<void> {
