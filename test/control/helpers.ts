@@ -2,9 +2,12 @@
  * Plumbing for the control-plane tests: a QMP server over a temporary unix
  * socket, and a raw line-oriented client for looking at exact bytes.
  */
+import assert from 'node:assert/strict';
 import * as net from 'node:net';
 import { buildRegistry, type ControlDeps } from '../../src/control/commands/index.js';
+import { QmpError } from '../../src/control/errors.js';
 import { EventHub } from '../../src/control/events.js';
+import { QmpClient } from '../../src/control/qmp-client.js';
 import { QmpServer, type QmpServerOptions } from '../../src/control/server.js';
 import { createGraph } from '../../src/drivers/index.js';
 import { tempDir } from '../helpers/env.js';
@@ -132,4 +135,19 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve(v: T): void
   let reject!: (e: unknown) => void;
   const promise = new Promise<T>((res, rej) => { resolve = res; reject = rej; });
   return { promise, resolve, reject };
+}
+
+/** Asserts that a command failed with this error class and description. */
+export async function rejectsQmp(p: Promise<unknown>, errorClass: string, desc: string | RegExp): Promise<void> {
+  await assert.rejects(p, (err: unknown) => {
+    assert.ok(err instanceof QmpError, `expected a QmpError, got ${String(err)}`);
+    assert.equal(err.class, errorClass);
+    if (typeof desc === 'string') assert.equal(err.desc, desc);
+    else assert.match(err.desc, desc);
+    return true;
+  });
+}
+
+export function client(path: string): Promise<QmpClient> {
+  return QmpClient.connect(path);
 }

@@ -11,6 +11,7 @@ import { isChildManager } from '../child-manager.js';
 import { QmpError } from '../errors.js';
 import { isQmpObject, QmpFloat, type QmpValue } from '../json-value.js';
 import { command, type Command } from '../registry.js';
+import { findNode } from './lookup.js';
 import { any, bool, custom, int, listOf, str, struct } from '../schema.js';
 import type { Visit } from '../validate.js';
 
@@ -121,7 +122,7 @@ export function blockCommands({ graph }: BlockDeps): Command[] {
       args: struct('q_obj_blockdev-del-arg', { 'node-name': str }),
       async handler(args) {
         const name = args['node-name'];
-        const node = graph.lookup(name);
+        const node = findNode(graph, name);
         if (!node) throw QmpError.generic(`Failed to find node with node-name='${name}'`);
         if (node.backends.length > 0) throw QmpError.generic(`Node ${name} is in use`);
         if (!graph.isMonitorOwned(node)) throw QmpError.generic(`Node ${name} is not owned by the monitor`);
@@ -140,7 +141,7 @@ export function blockCommands({ graph }: BlockDeps): Command[] {
       args: struct('q_obj_x-blockdev-change-arg', { parent: str, '*child': str, '*node': str }),
       features: ['unstable'],
       async handler(args) {
-        const parent = graph.lookup(args.parent);
+        const parent = findNode(graph, args.parent);
         if (!parent) throw QmpError.generic(`Cannot find device='${args.parent}' nor node-name='${args.parent}'`);
         if ((args.child === undefined) === (args.node === undefined)) {
           throw QmpError.generic(args.child !== undefined
@@ -155,7 +156,7 @@ export function blockCommands({ graph }: BlockDeps): Command[] {
           await parent.removeChild(args.child);
           return;
         }
-        const child = graph.lookup(args.node!);
+        const child = findNode(graph, args.node!);
         if (!child) throw QmpError.generic(`Node '${args.node}' not found`);
         if (!isChildManager(parent)) throw QmpError.generic(`The node ${parent.nodeName} does not support adding a child`);
         if (child.parents.size > 0) throw QmpError.generic(`The node ${child.nodeName} already has a parent`);

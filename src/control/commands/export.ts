@@ -7,6 +7,7 @@ import { QmpError } from '../errors.js';
 import type { ExportControl, SocketAddress } from '../export-control.js';
 import { isQmpObject, type QmpValue } from '../json-value.js';
 import { command, type Command } from '../registry.js';
+import { findNode } from './lookup.js';
 import { alternate, bool, custom, enumOf, intOf, listOf, str, struct, uint32, union, type Infer } from '../schema.js';
 import { validate, type Visit } from '../validate.js';
 
@@ -142,7 +143,7 @@ export function exportCommands({ graph, exports }: ExportDeps): Command[] {
   async function addExport(e: NewExport): Promise<void> {
     if (!wellFormedId(e.id)) throw QmpError.generic('Invalid block export id');
     if (exports.findExport(e.id)) throw QmpError.generic(`Block export id '${e.id}' is already in use`);
-    const node = graph.lookup(e.nodeName);
+    const node = findNode(graph, e.nodeName);
     if (!node) throw QmpError.generic(e.lookupMessage);
     if (e.writable && node.readOnly) throw QmpError.generic('Cannot export read-only node as writable');
     // colo-blk has no iothreads, so no iothread id can be found.
@@ -157,7 +158,7 @@ export function exportCommands({ graph, exports }: ExportDeps): Command[] {
     // colo-blk has no dirty bitmaps, so every bitmap named is missing.
     for (const b of e.bitmaps ?? []) {
       if (typeof b === 'string') throw QmpError.generic(`Bitmap '${b}' is not found`);
-      if (!graph.lookup(b.node)) throw QmpError.generic(`Node '${b.node}' not found`);
+      if (!findNode(graph, b.node)) throw QmpError.generic(`Node '${b.node}' not found`);
       throw QmpError.generic(`Dirty bitmap '${b.name}' not found`);
     }
     const config: Parameters<ExportControl['addExport']>[0] = {
@@ -211,7 +212,7 @@ export function exportCommands({ graph, exports }: ExportDeps): Command[] {
       }),
       features: ['deprecated'],
       async handler(args) {
-        const node = graph.lookup(args.device);
+        const node = findNode(graph, args.device);
         if (!node) throw QmpError.generic(`Cannot find device='${args.device}' nor node-name='${args.device}'`);
         const name = args.name ?? args.device;
         const e: NewExport = {
