@@ -44,6 +44,16 @@ export const EVENT_SPECS = {
     previous: replicationStage,
   }),
   /**
+   * Progress of a job (a failover commit, a resync), at most once a second
+   * per job: QEMU has no such event, so its clients poll query-jobs.
+   */
+  COLO_BLK_JOB_PROGRESS: struct('COLO_BLK_JOB_PROGRESS_ARG', {
+    id: str,
+    type: jobType,
+    'current-progress': int,
+    'total-progress': int,
+  }),
+  /**
    * A replication node latched an error (QEMU only sets a flag that
    * query-xen-replication-status reports as "I/O error occurred").
    */
@@ -89,17 +99,30 @@ export type EventListener = (event: QmpEvent) => void;
 const THROTTLE_MS: Partial<Record<QmpEventName, number>> = {
   QUORUM_REPORT_BAD: 1000,
   QUORUM_FAILURE: 1000,
+  COLO_BLK_JOB_PROGRESS: 1000,
 };
 
 function throttleKey(event: QmpEventName, data: unknown): string {
   if (event === 'QUORUM_REPORT_BAD') return `${event}\0${(data as { 'node-name': string })['node-name']}`;
+  if (event === 'COLO_BLK_JOB_PROGRESS') return `${event}\0${(data as { id: string }).id}`;
   return event;
 }
+
+/** How the hub schedules delayed events; tests substitute a manual clock. */
+export interface EventTimers {
+  set(fn: () => void, ms: number): unknown;
+  clear(handle: unknown): void;
+}
+
+const realTimers: EventTimers = {
+  set: (fn, ms) => setTimeout(fn, ms).unref(),
+  clear: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
 
 interface ThrottleState {
   pending: QmpEvent | null;
   rate: number;
-  timer: NodeJS.Timeout;
+  timer: unknown;
 }
 
 export function eventTimestamp(): QmpTimestamp {
@@ -111,9 +134,11 @@ export class EventHub implements QmpEventSink {
   private readonly listeners = new Set<EventListener>();
   private readonly throttled = new Map<string, ThrottleState>();
   private readonly log: Logger;
+  private readonly timers: EventTimers;
 
-  constructor(log: Logger = rootLogger.child({ component: 'qmp-events' })) {
-    this.log = log;
+  constructor(options: { log?: Logger; timers?: EventTimers } = {}) {
+    this.log = options.log ?? rootLogger.child({ component: 'qmp-events' });
+    this.timers = options.timers ?? realTimers;
   }
 
   /** Returns the function that unsubscribes. */
@@ -146,12 +171,12 @@ export class EventHub implements QmpEventSink {
 
   /** Drops throttled events not yet sent and their timers. */
   close(): void {
-    for (const s of this.throttled.values()) clearTimeout(s.timer);
+    for (const s of this.throttled.values()) this.timers.clear(s.timer);
     this.throttled.clear();
   }
 
   private arm(key: string, rate: number): void {
-    const state: ThrottleState = { pending: null, rate, timer: setTimeout(() => this.expire(key, state), rate).unref() };
+    const state: ThrottleState = { pending: null, rate, timer: this.timers.set(() => this.expire(key, state), rate) };
     this.throttled.set(key, state);
   }
 
@@ -163,16 +188,16 @@ export class EventHub implements QmpEventSink {
     }
     state.pending = null;
     this.deliver(ev);
-    state.timer = setTimeout(() => this.expire(key, state), state.rate).unref();
+    state.timer = this.timers.set(() => this.expire(key, state), state.rate);
   }
 
   private deliver(ev: QmpEvent): void {
-    this.log.debug('qmp.event', { event: ev.event });
+    this.log.debug('qmp.event', { qmpEvent: ev.event });
     for (const l of this.listeners) {
       try {
         l(ev);
       } catch (err) {
-        this.log.error('qmp.event_listener_failed', { event: ev.event, error: err });
+        this.log.error('qmp.event_listener_failed', { qmpEvent: ev.event, error: err });
       }
     }
   }
