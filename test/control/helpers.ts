@@ -114,7 +114,8 @@ export class RawClient {
     const out: string[] = [];
     for (;;) {
       const line = await this.next();
-      if (line.endsWith(`"id": "${id}"}`)) return out;
+      // QEMU's member order puts the id last in a success and first in an error.
+      if (line.endsWith(`, "id": "${id}"}`) || line.startsWith(`{"id": "${id}", `)) return out;
       out.push(line);
     }
   }
