@@ -9,6 +9,7 @@
  * server answers with an error (printed as `Class: desc`), 2 for usage
  * errors and connection failures.
  */
+import { parseQmpAddress } from '../control/address.js';
 import { QmpError } from '../control/errors.js';
 import { parseJsonText } from '../control/json-stream.js';
 import { isQmpObject, toPlain, type QmpValue } from '../control/json-value.js';
@@ -16,7 +17,7 @@ import { QmpClient, type QmpClientAddress } from '../control/qmp-client.js';
 
 const USAGE = `usage: colo-blk qmp [options] SOCKET COMMAND [JSON | key=value ...]
 
-  SOCKET      a unix socket path, or tcp:HOST:PORT
+  SOCKET      a unix socket path (or unix:PATH), or tcp:HOST:PORT
   COMMAND     a QMP command name (query-commands lists them)
   JSON        the arguments as one JSON object
   key=value   arguments; dotted keys nest; values are JSON when they parse
@@ -72,12 +73,11 @@ export function parseQmpArgs(argv: readonly string[]): QmpInvocation | 'help' {
 }
 
 function parseAddress(text: string): QmpClientAddress {
-  const tcp = /^tcp:(.+):(\d+)$/.exec(text);
-  if (tcp) {
-    const host = tcp[1]!.replace(/^\[(.*)\]$/, '$1');
-    return { host, port: Number(tcp[2]) };
+  try {
+    return parseQmpAddress(text);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
   }
-  return { path: text.startsWith('unix:') ? text.slice(5) : text };
 }
 
 export function parseCommandArgs(words: readonly string[]): Record<string, unknown> | undefined {

@@ -49,7 +49,8 @@ export class Dispatcher implements SessionHost {
       while (this.ready.length > 0) {
         const session = this.ready.shift()!;
         const request = session.take();
-        if (session.hasRequests && !session.isClosed) this.ready.push(session);
+        // take() may already have re-queued the session (it parses more input as the queue drains).
+        if (session.hasRequests && !session.isClosed && !this.ready.includes(session)) this.ready.push(session);
         if (!request) continue;
         await this.handle(session, request);
         if (++handled % BATCH === 0) await new Promise((resolve) => setImmediate(resolve));

@@ -144,7 +144,6 @@ export class QmpSession implements SessionControl {
   }
 
   private pull(): void {
-    const before = this.queue.length;
     while (this.queue.length < MAX_QUEUED_REQUESTS) {
       const ev = this.stream.read();
       if (!ev) break;
@@ -159,6 +158,6 @@ export class QmpSession implements SessionControl {
       this.inputPaused = false;
       this.transport.resumeInput();
     }
-    if (this.queue.length > 0 && (before === 0 || this.queue.length > before)) this.host.wake(this);
+    if (this.queue.length > 0) this.host.wake(this);
   }
 }

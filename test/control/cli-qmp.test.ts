@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import { buildRegistry } from '../../src/control/commands/index.js';
 import { QmpServer } from '../../src/control/server.js';
 import { parseCommandArgs } from '../../src/cli/qmp.js';
+import { parseQmpAddress } from '../../src/control/address.js';
 import { createGraph } from '../../src/drivers/index.js';
 import { CLI, run } from '../helpers/env.js';
 import { startServer } from './helpers.js';
@@ -72,4 +73,17 @@ test('key=value arguments nest and take JSON values, like qmp-shell', () => {
   assert.throws(() => parseCommandArgs(['a=1', 'a.b=2']), /used both as a value and as an object/);
   assert.throws(() => parseCommandArgs(['a=1', 'a=2']), /given twice/);
   assert.throws(() => parseCommandArgs(['[1]']), /expected key=value/);
+});
+
+test('QMP addresses are read as QEMU users write them', () => {
+  assert.deepEqual(parseQmpAddress('/run/q.sock'), { path: '/run/q.sock' });
+  assert.deepEqual(parseQmpAddress('unix:/run/q.sock,server=on,wait=off'), { path: '/run/q.sock' });
+  assert.deepEqual(parseQmpAddress('unix:/odd,,name'), { path: '/odd,name' });
+  assert.deepEqual(parseQmpAddress('tcp:127.0.0.1:4444,server,nodelay'), { host: '127.0.0.1', port: 4444 });
+  assert.deepEqual(parseQmpAddress('tcp:[::1]:4444'), { host: '::1', port: 4444 });
+  assert.deepEqual(parseQmpAddress('tcp::4444'), { host: '0.0.0.0', port: 4444 });
+  assert.throws(() => parseQmpAddress('unix:/x,wait=on'), /wait=on is not supported/);
+  assert.throws(() => parseQmpAddress('unix:/x,server=off'), /server=off/);
+  assert.throws(() => parseQmpAddress('tcp:host'), /expected tcp:HOST:PORT/);
+  assert.throws(() => parseQmpAddress('unix:/x,bogus=1'), /unknown QMP socket option/);
 });

@@ -84,6 +84,8 @@ test('blockdev-add and blockdev-del with QEMU messages', async () => {
     await rejectsQmp(c.execute('blockdev-del', { 'node-name': 'nosuch' }), 'GenericError', "Failed to find node with node-name='nosuch'");
     await rejectsQmp(c.execute('blockdev-del', { 'node-name': 'd0', x: 1 }), 'GenericError', "Parameter 'x' is unexpected");
 
+    const [d0] = await c.execute<Array<Record<string, Record<string, unknown>>>>('query-named-block-nodes', { flat: true });
+    assert.equal(d0!.image!['actual-size'], 1 << 20, 'actual-size: host blocks of the file below (tmpfs allocates the zeroes written)');
     await c.execute('blockdev-add', { driver: 'raw', 'node-name': 'top', file: 'd0' });
     await rejectsQmp(c.execute('blockdev-del', { 'node-name': 'd0' }), 'GenericError', 'Block device d0 is in use');
     const fileNode = graph.lookup('d0')!.file!;

@@ -4,6 +4,7 @@
  * handlers add the checks QEMU's QMP layer makes before reaching it, with
  * its messages.
  */
+import * as fs from 'node:fs';
 import type { BlockGraph } from '../../block/graph.js';
 import type { BlockNode } from '../../block/node.js';
 import type { OptionDict, OptionValue } from '../../block/options.js';
@@ -230,6 +231,27 @@ function next(node: BlockNode): BlockNode | null {
 }
 
 function imageInfo(node: BlockNode): Record<string, unknown> {
-  return { ...node.info().image };
+  const image: Record<string, unknown> = { ...node.info().image };
+  if (image['actual-size'] === undefined) {
+    const size = allocatedFileSize(node);
+    if (size !== undefined) image['actual-size'] = size;
+  }
+  return image;
+}
+
+/**
+ * Host bytes allocated for the node (QEMU's bdrv_get_allocated_file_size):
+ * a file node's allocated blocks, else what its `file` child holds.
+ */
+function allocatedFileSize(node: BlockNode): number | undefined {
+  if (node.driver === 'file') {
+    try {
+      return fs.statSync(node.filename).blocks * 512;
+    } catch {
+      return undefined;
+    }
+  }
+  const file = node.file;
+  return file ? allocatedFileSize(file) : undefined;
 }
 
