@@ -21,14 +21,14 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'io':
       return (await import('./io.js')).ioMain(rest);
+    case 'qmp':
+      return (await import('./qmp.js')).qmpMain(rest);
     case undefined:
     case 'help':
     case '--help':
     case '-h':
       process.stdout.write(USAGE);
       return command === undefined ? 1 : 0;
-    case 'qmp':
-      return (await import('./qmp.js')).qmpMain(argv.slice(1));
     default:
       process.stderr.write(`colo-blk: unknown command '${command}'\n${USAGE}`);
       return 1;
