@@ -48,11 +48,17 @@ export class Dispatcher implements SessionHost {
       let handled = 0;
       while (this.ready.length > 0) {
         const session = this.ready.shift()!;
-        const request = session.take();
-        // take() may already have re-queued the session (it parses more input as the queue drains).
-        if (session.hasRequests && !session.isClosed && !this.ready.includes(session)) this.ready.push(session);
-        if (!request) continue;
-        await this.handle(session, request);
+        try {
+          const request = session.take();
+          // take() may already have re-queued the session (it parses more input as the queue drains).
+          if (session.hasRequests && !session.isClosed && !this.ready.includes(session)) this.ready.push(session);
+          if (!request) continue;
+          await this.handle(session, request);
+        } catch (err) {
+          // A bug must cost one client its connection, not the daemon its control plane.
+          this.log.error('qmp.dispatch_failed', { client: session.id, error: err, stack: err instanceof Error ? err.stack : undefined });
+          session.close(false);
+        }
         if (++handled % BATCH === 0) await new Promise((resolve) => setImmediate(resolve));
       }
     } finally {

@@ -123,7 +123,14 @@ export class QmpServer {
     this.sessions.add(session);
     this.sockets.add(socket);
     session.log.debug('qmp.client_connected', { peer: socket.remoteAddress ?? 'unix' });
-    socket.on('data', (chunk: Buffer) => session.receive(chunk));
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        session.receive(chunk);
+      } catch (err) {
+        session.log.error('qmp.input_failed', { error: err, stack: err instanceof Error ? err.stack : undefined });
+        session.close(false);
+      }
+    });
     socket.on('error', (err) => session.log.debug('qmp.client_error', { error: err }));
     socket.on('end', () => session.endInput());
     socket.on('close', () => {
@@ -140,15 +147,18 @@ export class QmpServer {
     return this.dispatcher.idle();
   }
 
-  /** Stops listening and disconnects every client. */
+  /**
+   * Stops listening and disconnects every client, after handing over what
+   * was already queued to them (the reply to the `quit` that led here).
+   */
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
     this.unsubscribe?.();
-    const closed = this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
-    for (const session of this.sessions) session.close(false);
-    for (const socket of this.sockets) socket.destroy();
-    await Promise.all(closed);
+    const listeners = this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
+    const sockets = [...this.sockets].map((s) => (s.destroyed ? Promise.resolve() : new Promise<void>((resolve) => s.once('close', () => resolve()))));
+    for (const session of this.sessions) session.close(true);
+    await Promise.all([...listeners, ...sockets]);
     for (const p of this.unixPaths) fs.rmSync(p, { force: true });
   }
 

@@ -165,3 +165,25 @@ test('x-blockdev-change: argument checks, add and remove through a ChildManager,
     await close();
   }
 });
+
+test('x-debug-query-block-graph shows nodes, backends and the edges between them', async () => {
+  const { c, graph, close } = await setup();
+  try {
+    await c.execute('blockdev-add', { driver: 'memory', 'node-name': 'base', size: 65536 });
+    await c.execute('blockdev-add', { driver: 'raw', 'node-name': 'top', file: 'base' });
+    const exported = new BlockBackend('nbd-export', graph.lookup('top')!);
+    const g = await c.execute<{ nodes: Array<{ id: number; type: string; name: string }>; edges: Array<{ parent: number; child: number; name: string }> }>('x-debug-query-block-graph');
+    const name = (id: number) => g.nodes.find((n) => n.id === id)!.name;
+    assert.deepEqual(g.nodes.map((n) => [n.type, n.name]).sort(), [['block-backend', 'nbd-export'], ['block-driver', 'base'], ['block-driver', 'top']]);
+    assert.deepEqual(g.edges.map((e) => `${name(e.parent)} -${e.name}-> ${name(e.child)}`).sort(), ['nbd-export -root-> top', 'top -file-> base']);
+    // A swap under all parents (what a finished active commit does) shows up at once.
+    await c.execute('blockdev-add', { driver: 'memory', 'node-name': 'other', size: 65536 });
+    graph.replaceNode(graph.lookup('base')!, graph.lookup('other')!);
+    const after = await c.execute<typeof g>('x-debug-query-block-graph');
+    const name2 = (id: number) => after.nodes.find((n) => n.id === id)!.name;
+    assert.ok(after.edges.some((e) => e.name === 'file' && name2(e.child) === 'other'));
+    exported.detach();
+  } finally {
+    await close();
+  }
+});

@@ -12,6 +12,7 @@ import { versionInfo, type VersionInfo } from '../version.js';
 import { blockCommands } from './block.js';
 import { coreCommands } from './core.js';
 import { exportCommands } from './export.js';
+import { graphDebugCommands } from './graph-debug.js';
 import { jobCommands } from './jobs.js';
 import { replicationCommands } from './replication.js';
 
@@ -31,6 +32,7 @@ export function buildRegistry(deps: ControlDeps): CommandRegistry {
   if (deps.onQuit) core.onQuit = deps.onQuit;
   registry.add(...coreCommands(core));
   registry.add(...blockCommands({ graph: deps.graph }));
+  registry.add(...graphDebugCommands({ graph: deps.graph }));
   if (deps.exports) registry.add(...exportCommands({ graph: deps.graph, exports: deps.exports }));
   if (deps.jobs) registry.add(...jobCommands({ jobs: deps.jobs }));
   if (deps.replication) registry.add(...replicationCommands({ replication: deps.replication }));
