@@ -18,8 +18,9 @@ export type { BlockExportInfo, ExportControl, NbdExportConfig, NbdServerConfig, 
 export type { JobControl, JobInfo, JobStatus, JobType } from './job-control.js';
 export { QmpClient, QmpTransportError, type QmpClientOptions } from './qmp-client.js';
 export { command, CommandRegistry, type Command, type CommandContext } from './registry.js';
-export type {
-  ReplicationControl, ReplicationErrorInfo, ReplicationMode, ReplicationNodeStatus, ReplicationStage,
+export {
+  errnoNumber, replicationErrorEvent,
+  type ReplicationControl, type ReplicationErrorInfo, type ReplicationMode, type ReplicationNodeStatus, type ReplicationStage,
 } from './replication-control.js';
 export { QmpServer, type QmpListenAddress, type QmpServerOptions } from './server.js';
 export { versionInfo, type VersionInfo } from './version.js';

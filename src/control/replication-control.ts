@@ -4,7 +4,9 @@
  * replication node and stop at the first error, whose message reaches the
  * client. `query` is colo-blk's own view, richer than QEMU's single bit.
  */
+import { constants as osConstants } from 'node:os';
 import type { Errno } from '../block/errors.js';
+import type { QmpEventMap } from './events.js';
 
 export type ReplicationMode = 'primary' | 'secondary';
 export type ReplicationStage = 'none' | 'running' | 'failover' | 'failover-failed' | 'done';
@@ -57,7 +59,11 @@ export interface ReplicationNodeStatus {
 export interface ReplicationControl {
   /** replication_start_all(mode). */
   start(mode: ReplicationMode): Promise<void>;
-  /** replication_stop_all(failover). */
+  /**
+   * replication_stop_all(failover). A secondary failover resolves once the
+   * active commit has started; its end is announced by a
+   * COLO_BLK_REPLICATION_STAGE event (failover → done or failover-failed).
+   */
   stop(failover: boolean): Promise<void>;
   /** replication_do_checkpoint_all(). */
   checkpoint(): Promise<void>;
@@ -65,4 +71,30 @@ export interface ReplicationControl {
   checkError(): Promise<void>;
   /** One entry per replication node, in the order checkError visits them. */
   query(): ReplicationNodeStatus[];
+}
+
+/** The errno number of a code on this host (EIO = 5 on Linux), as QMP reports it. */
+export function errnoNumber(code: Errno): number {
+  const table = osConstants.errno as Record<string, number>;
+  return table[code === 'ENOTSUP' ? 'EOPNOTSUPP' : code] ?? table.EIO ?? 5;
+}
+
+/** The data of COLO_BLK_REPLICATION_ERROR for an error a node has just latched. */
+export function replicationErrorEvent(
+  nodeName: string,
+  mode: ReplicationMode,
+  error: ReplicationErrorInfo,
+  guestVisible: boolean,
+): QmpEventMap['COLO_BLK_REPLICATION_ERROR'] {
+  return {
+    'node-name': nodeName,
+    mode,
+    disk: error.disk,
+    role: error.role,
+    operation: error.operation,
+    errno: errnoNumber(error.errno),
+    'errno-name': error.errno,
+    desc: error.desc,
+    'guest-visible': guestVisible,
+  };
 }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BlockError } from '../../src/block/errors.js';
-import type { ReplicationControl, ReplicationMode, ReplicationNodeStatus } from '../../src/control/replication-control.js';
+import { replicationErrorEvent, type ReplicationControl, type ReplicationMode, type ReplicationNodeStatus } from '../../src/control/replication-control.js';
 import { setLogSink } from '../../src/util/log.js';
 import { client, rejectsQmp, startServer } from './helpers.js';
 
@@ -108,6 +108,13 @@ test('x-colo-blk-query-replication reports stage, per-disk errors, buffered byte
     });
     assert.deepEqual(info[1], { 'node-name': 'replication0', mode: 'primary', stage: 'running', errors: [], checkpoints: 12 });
 
+    t.events.emit('COLO_BLK_REPLICATION_ERROR', replicationErrorEvent('replication0', 'primary', {
+      disk: 'nbd0', role: 'nbd', operation: 'write', errno: 'ECONNRESET', desc: 'Connection reset by peer',
+    }, false));
+    assert.deepEqual((await c.waitForEvent('COLO_BLK_REPLICATION_ERROR')).data, {
+      'node-name': 'replication0', mode: 'primary', disk: 'nbd0', role: 'nbd', operation: 'write',
+      errno: 104, 'errno-name': 'ECONNRESET', desc: 'Connection reset by peer', 'guest-visible': false,
+    });
     t.events.emit('COLO_BLK_REPLICATION_STAGE', { 'node-name': 'childs0', mode: 'secondary', stage: 'done', previous: 'failover' });
     const ev = await c.waitForEvent('COLO_BLK_REPLICATION_STAGE');
     assert.deepEqual(ev.data, { 'node-name': 'childs0', mode: 'secondary', stage: 'done', previous: 'failover' });

@@ -5,10 +5,9 @@
  * which says what QEMU's single error bit hides: the stage, which disk
  * failed doing what, how much is buffered, how far a failover commit got.
  */
-import { BlockError } from '../../block/errors.js';
 import { QmpError } from '../errors.js';
 import { command, type Command } from '../registry.js';
-import type { ReplicationControl, ReplicationNodeStatus } from '../replication-control.js';
+import { errnoNumber, type ReplicationControl, type ReplicationNodeStatus } from '../replication-control.js';
 import { bool, enumOf, int, listOf, str, struct } from '../schema.js';
 
 export interface ReplicationDeps {
@@ -53,7 +52,7 @@ export function replicationInfoToWire(s: ReplicationNodeStatus): Record<string, 
       disk: e.disk,
       role: e.role,
       operation: e.operation,
-      errno: new BlockError(e.errno, e.desc).errno,
+      errno: errnoNumber(e.errno),
       'errno-name': e.errno,
       desc: e.desc,
     })),
