@@ -13,7 +13,15 @@ const qmp = (...args: string[]) => run(process.execPath, [CLI, 'qmp', ...args]);
 test('colo-blk qmp prints results, reports error replies with exit 1 and usage or connection problems with exit 2', async () => {
   const t = await startServer();
   try {
-    const v = await qmp(t.path, 'query-version');
+    // Independent invocations run side by side: each is a node process start.
+    const [v, err, unknown, usage, badJson, missing] = await Promise.all([
+      qmp(t.path, 'query-version'),
+      qmp(t.path, 'blockdev-del', 'node-name=nosuch'),
+      qmp(t.path, 'nosuch'),
+      qmp(t.path),
+      qmp(t.path, 'query-version', '{"a":'),
+      qmp(`${t.path}.nosuch`, 'query-version'),
+    ]);
     assert.equal(v.status, 0, v.stderr);
     assert.deepEqual(JSON.parse(v.stdout), { qemu: { micro: 0, minor: 2, major: 7 }, package: JSON.parse(v.stdout).package });
     assert.match(JSON.parse(v.stdout).package, /^colo-blk /);
@@ -29,21 +37,16 @@ test('colo-blk qmp prints results, reports error replies with exit 1 and usage o
     assert.equal(json.stdout.split('\n').length, 2, 'one line with --compact');
     assert.equal(JSON.parse(json.stdout)[0]['node-name'], 'm0');
 
-    const err = await qmp(t.path, 'blockdev-del', 'node-name=nosuch');
     assert.equal(err.status, 1);
     assert.equal(err.stderr, "GenericError: Failed to find node with node-name='nosuch'\n");
     assert.equal(err.stdout, '');
-    const unknown = await qmp(t.path, 'nosuch');
     assert.equal(unknown.status, 1);
     assert.equal(unknown.stderr, 'CommandNotFound: The command nosuch has not been found\n');
 
-    const usage = await qmp(t.path);
     assert.equal(usage.status, 2);
     assert.match(usage.stderr, /SOCKET and COMMAND are required/);
-    const badJson = await qmp(t.path, 'query-version', '{"a":');
     assert.equal(badJson.status, 2);
     assert.match(badJson.stderr, /invalid JSON arguments/);
-    const missing = await qmp(`${t.path}.nosuch`, 'query-version');
     assert.equal(missing.status, 2);
     assert.match(missing.stderr, /cannot connect to QMP socket/);
   } finally {
