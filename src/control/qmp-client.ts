@@ -80,8 +80,9 @@ export class QmpClient {
   /** Connects, reads the greeting and (unless told not to) negotiates capabilities. */
   static async connect(address: QmpClientAddress, options: QmpClientOptions = {}): Promise<QmpClient> {
     const timeout = options.connectTimeoutMs ?? 10_000;
-    const deadline = Date.now() + Math.max(timeout, options.waitMs ?? 0);
     const socket = await connectSocket(address, options.waitMs ?? 0, timeout);
+    // The greeting and negotiation get their own allowance, however long the socket took to appear.
+    const deadline = Date.now() + timeout;
     const client = new QmpClient(socket, options);
     try {
       await withTimeout(client.waitGreeting(), deadline - Date.now(), 'QMP greeting');
@@ -282,17 +283,26 @@ export class QmpClient {
   }
 }
 
-function connectOnce(address: QmpClientAddress): Promise<net.Socket> {
+function connectOnce(address: QmpClientAddress, timeoutMs: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket = typeof address === 'string'
       ? net.connect(address)
       : 'path' in address ? net.connect(address.path) : net.connect(address.port, address.host);
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new QmpTransportError('timeout', `connect timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
     socket.once('connect', () => {
-      socket.removeListener('error', reject);
+      clearTimeout(timer);
+      socket.removeListener('error', onError);
       if (typeof address !== 'string' && 'host' in address) socket.setNoDelay(true);
       resolve(socket);
     });
-    socket.once('error', reject);
+    const onError = (err: Error): void => {
+      clearTimeout(timer);
+      reject(err);
+    };
+    socket.once('error', onError);
   });
 }
 
@@ -300,7 +310,7 @@ async function connectSocket(address: QmpClientAddress, waitMs: number, timeoutM
   const deadline = Date.now() + waitMs;
   for (let delay = 10; ; delay = Math.min(delay * 2, 200)) {
     try {
-      return await withTimeout(connectOnce(address), timeoutMs, 'connect');
+      return await connectOnce(address, timeoutMs);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       const retryable = code === 'ENOENT' || code === 'ECONNREFUSED';
