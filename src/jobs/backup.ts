@@ -9,7 +9,7 @@
 import { BlockError } from '../block/errors.js';
 import type { BlockGraph } from '../block/graph.js';
 import type { BlockNode, ChildOwner } from '../block/node.js';
-import { CopyBeforeWriteNode } from './cbw.js';
+import { CopyBeforeWriteNode, type CbwFailureListener } from './cbw.js';
 import { copyClusterSizeFor } from './cluster-size.js';
 import { Job, type RunResult } from './job.js';
 import { jobRegistry } from './registry.js';
@@ -22,6 +22,8 @@ export interface BackupJobOptions {
   internal?: boolean;
   /** Parents that keep pointing at the source itself rather than at the filter. */
   keepOnSource?: Iterable<ChildOwner>;
+  /** Told about every failed copy or pass-down (the failing request still gets its error). */
+  onFailure?: CbwFailureListener;
 }
 
 export class BackupJob extends Job {
@@ -29,6 +31,7 @@ export class BackupJob extends Job {
   readonly target: BlockNode;
   private filter: CopyBeforeWriteNode | null = null;
   private readonly keep: ChildOwner[];
+  private readonly onFailure: CbwFailureListener | null;
 
   constructor(graph: BlockGraph, options: BackupJobOptions) {
     const id = options.id ?? jobRegistry(graph).uniqueId(`backup-${options.source.nodeName}`);
@@ -36,6 +39,7 @@ export class BackupJob extends Job {
     this.source = options.source;
     this.target = options.target;
     this.keep = [...(options.keepOnSource ?? [])];
+    this.onFailure = options.onFailure ?? null;
   }
 
   /** The filter while the job runs; null before start and after it ends. */
@@ -54,7 +58,7 @@ export class BackupJob extends Job {
     if (this.source.size !== this.target.size) {
       throw new BlockError('EINVAL', 'Source and target image have different sizes');
     }
-    const filter = new CopyBeforeWriteNode(this.source, this.target, copyClusterSizeFor(this.target));
+    const filter = new CopyBeforeWriteNode(this.source, this.target, copyClusterSizeFor(this.target), this.onFailure);
     await this.source.quiesce();
     try {
       this.graph.replaceNode(this.source, filter, new Set<ChildOwner>([filter, ...this.keep]));

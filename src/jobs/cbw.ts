@@ -31,6 +31,15 @@ export interface CopyFailure {
   message: string;
 }
 
+/** Something the filter could not do: save old data, or pass a request down to the source. */
+export interface CbwFailure {
+  operation: 'copy-read' | 'copy-write' | 'write' | 'write-zeroes' | 'discard';
+  node: BlockNode;
+  error: BlockError;
+}
+
+export type CbwFailureListener = (failure: CbwFailure) => void;
+
 export interface CbwStats {
   /** Copy operations finished (each moves one or more clusters). */
   copies: number;
@@ -56,7 +65,12 @@ export class CopyBeforeWriteNode extends BlockNode {
   /** After removal from the graph, requests still parked at our gate go here untouched. */
   private retiredTo: BlockNode | null = null;
 
-  constructor(private readonly source: BlockNode, private readonly target: BlockNode, copyClusterSize: number) {
+  constructor(
+    private readonly source: BlockNode,
+    private readonly target: BlockNode,
+    copyClusterSize: number,
+    private readonly onFailure: CbwFailureListener | null = null,
+  ) {
     super(undefined, false);
     if (!Number.isInteger(Math.log2(copyClusterSize))) throw new BlockError('EINVAL', 'copy cluster size must be a power of two');
     this.copyClusterSize = copyClusterSize;
@@ -111,22 +125,22 @@ export class CopyBeforeWriteNode extends BlockNode {
   protected doWrite(offset: number, buf: Buffer, flags: number): Promise<void> {
     if (this.retiredTo) return this.retiredTo.write(offset, buf, flags);
     const copying = this.copyBefore(offset, buf.length);
-    if (copying === null) return this.source.write(offset, buf, flags);
-    return copying.then(() => this.source.write(offset, buf, flags));
+    const write = (): Promise<void> => this.observe('write', this.source.write(offset, buf, flags));
+    return copying === null ? write() : copying.then(write);
   }
 
   protected override doWriteZeroes(offset: number, length: number, flags: number): Promise<void> {
     if (this.retiredTo) return this.retiredTo.writeZeroes(offset, length, flags);
     const copying = this.copyBefore(offset, length);
-    if (copying === null) return this.source.writeZeroes(offset, length, flags);
-    return copying.then(() => this.source.writeZeroes(offset, length, flags));
+    const write = (): Promise<void> => this.observe('write-zeroes', this.source.writeZeroes(offset, length, flags));
+    return copying === null ? write() : copying.then(write);
   }
 
   protected override doDiscard(offset: number, length: number): Promise<void> {
     if (this.retiredTo) return this.retiredTo.discard(offset, length);
     const copying = this.copyBefore(offset, length);
-    if (copying === null) return this.source.discard(offset, length);
-    return copying.then(() => this.source.discard(offset, length));
+    const discard = (): Promise<void> => this.observe('discard', this.source.discard(offset, length));
+    return copying === null ? discard() : copying.then(discard);
   }
 
   protected doFlush(): Promise<void> {
@@ -135,6 +149,16 @@ export class CopyBeforeWriteNode extends BlockNode {
 
   protected override doBlockStatus(offset: number, length: number): Promise<BlockStatus> {
     return (this.retiredTo ?? this.source).blockStatus(offset, length);
+  }
+
+  /** Reports a failed pass-down to the listener; the caller still gets the error. */
+  private observe(operation: 'write' | 'write-zeroes' | 'discard', request: Promise<void>): Promise<void> {
+    if (!this.onFailure) return request;
+    return request.catch((err: unknown) => {
+      const error = BlockError.from(err, `${operation} of ${this.source.nodeName}`);
+      this.onFailure?.({ operation, node: this.source, error });
+      throw error;
+    });
   }
 
   // ------------------------------------------------------------- copying
@@ -220,6 +244,7 @@ export class CopyBeforeWriteNode extends BlockNode {
     const failure: CopyFailure = { stage, node: node.nodeName, code: cause.code, message: cause.message };
     this.stats.copyErrors++;
     this.stats.lastError = failure;
+    this.onFailure?.({ operation: stage === 'read' ? 'copy-read' : 'copy-write', node, error: cause });
     return new BlockError(
       cause.code,
       `copy-before-write of [${start}, ${stop}) failed to ${stage} ${node.nodeName}: ${cause.message}`,

@@ -26,8 +26,8 @@ export interface QuorumFailure {
 export interface ReplicationEvents {
   stage: { node: string; mode: ReplicationMode; from: Stage; to: Stage };
   /** A node latched an error (the first one since it was last cleared). */
-  'error-latched': { node: string; error: LatchedError };
-  checkpoint: { node: string; durationMs: number };
+  'error-latched': { node: string; mode: ReplicationMode; error: LatchedError };
+  checkpoint: { node: string; durationUs: number };
   'job-status': { id: string; type: JobType; status: JobStatus; internal: boolean };
   'job-progress': { id: string; type: JobType; current: number; total: number; internal: boolean };
   'job-completed': {

@@ -4,5 +4,6 @@ export { ReplicationError, type ReplicationErrorCode } from './errors.js';
 export type { QuorumFailure, QuorumReportBad, ReplicationEvents } from './events.js';
 export { ReplicationNode } from './node.js';
 export { replicationRegistry, ReplicationRegistry, type SetReplicationArgs, type XenReplicationStatus } from './registry.js';
-export type { FailedOperation, LatchedError, ReplicationMode, Stage } from './stage.js';
-export type { ReplicationNodeStatus } from './status.js';
+export type { DiskRole, FailedOperation, LatchedError, ReplicationMode, Stage } from './stage.js';
+export type { ReplicationErrorStatus, ReplicationNodeStatus } from './status.js';
+export { forwardEvents, jobControl, replicationControl } from './qmp.js';

@@ -19,7 +19,7 @@ import { rootLogger, type Logger } from '../util/log.js';
 import { Errors } from './errors.js';
 import { replicationRegistry, type ReplicationRegistry } from './registry.js';
 import { SecondaryReplication, type ReplicationHost } from './secondary.js';
-import type { FailedOperation, LatchedError, ReplicationMode, Stage } from './stage.js';
+import type { DiskRole, FailedOperation, LatchedError, ReplicationMode, Stage } from './stage.js';
 import { collectStatus, type ReplicationNodeStatus } from './status.js';
 
 /** Source of write-zeroes payloads; never written to. */
@@ -31,7 +31,8 @@ export class ReplicationNode extends BlockNode {
   readonly log: Logger;
 
   private stageValue: Stage = 'none';
-  private latched: LatchedError | null = null;
+  /** At most one per disk, oldest first. */
+  private latched: LatchedError[] = [];
   private readonly registry: ReplicationRegistry;
   private readonly secondary: SecondaryReplication | null;
   private control: Promise<unknown> = Promise.resolve();
@@ -60,9 +61,9 @@ export class ReplicationNode extends BlockNode {
     return this.stageValue;
   }
 
-  /** The latched error, with the detail QEMU drops; null when there is none. */
-  get latchedError(): LatchedError | null {
-    return this.latched ? { ...this.latched } : null;
+  /** Latched errors with the detail QEMU drops (one per disk, oldest first); empty when healthy. */
+  get latchedErrors(): LatchedError[] {
+    return this.latched.map((e) => ({ ...e }));
   }
 
   /** The secondary machinery (backup and commit jobs, disks); null on a primary. */
@@ -80,7 +81,7 @@ export class ReplicationNode extends BlockNode {
       if (mode !== this.mode) throw Errors.modeMismatch(this.mode, mode);
       if (this.secondary) await this.secondary.start();
       else this.setStage('running');
-      this.latched = null;
+      this.latched = [];
     });
   }
 
@@ -94,7 +95,7 @@ export class ReplicationNode extends BlockNode {
   /** Throws QEMU's get_error result; returns when there is nothing to report. */
   getError(): void {
     if (this.stageValue === 'none') throw Errors.notRunning();
-    if (this.latched) throw Errors.ioError();
+    if (this.latched.length > 0) throw Errors.ioError();
   }
 
   /**
@@ -111,7 +112,7 @@ export class ReplicationNode extends BlockNode {
         return;
       }
       this.setStage('done');
-      this.latched = null;
+      this.latched = [];
     });
   }
 
@@ -120,7 +121,8 @@ export class ReplicationNode extends BlockNode {
     return this.secondary ? this.secondary.settled() : Promise.resolve();
   }
 
-  status(): Promise<ReplicationNodeStatus> {
+  /** colo-blk's detailed status; synchronous, from counters the node keeps. */
+  status(): ReplicationNodeStatus {
     return collectStatus(this, this.secondary);
   }
 
@@ -167,7 +169,8 @@ export class ReplicationNode extends BlockNode {
     if (this.secondary) return this.secondary.flushChildren();
     const file = this.file!;
     return file.flush().catch((err: unknown) => {
-      if (this.stageValue === 'running') this.latch(file.nodeName, 'flush', err);
+      // QEMU returns flush errors (quorum outvotes them); colo-blk also latches them.
+      if (this.stageValue === 'running') this.latch(file.nodeName, 'nbd', 'flush', err, true);
       throw err;
     });
   }
@@ -191,7 +194,7 @@ export class ReplicationNode extends BlockNode {
     if (!this.secondary) {
       if (this.stageValue !== 'running') return Promise.reject(this.refused('write'));
       const file = this.file!;
-      return file.write(offset, buf).catch((err: unknown) => this.latch(file.nodeName, 'write', err));
+      return file.write(offset, buf).catch((err: unknown) => this.latch(file.nodeName, 'nbd', 'write', err, false));
     }
     switch (this.stageValue) {
       case 'none': return Promise.reject(this.refused('write'));
@@ -215,23 +218,27 @@ export class ReplicationNode extends BlockNode {
     this.registry.events.emit('stage', { node: this.nodeName, mode: this.mode, from, to });
   }
 
-  private latch(disk: string, operation: FailedOperation, err: unknown): void {
+  private latch(disk: string, role: DiskRole, operation: FailedOperation, err: unknown, guestVisible: boolean): void {
     const cause = BlockError.from(err, `${operation} on ${disk}`);
-    if (this.latched) {
-      this.latched.count++;
+    const known = this.latched.find((e) => e.disk === disk);
+    if (known) {
+      known.count++;
       return;
     }
-    this.latched = {
+    const error: LatchedError = {
       disk,
+      role,
       operation,
       errno: cause.code,
       errnoNumber: cause.errno,
       message: cause.message,
       since: new Date().toISOString(),
       count: 1,
+      guestVisible,
     };
-    this.log.warn('replication-error-latched', { disk, operation, errno: cause.code, message: cause.message });
-    this.registry.events.emit('error-latched', { node: this.nodeName, error: { ...this.latched } });
+    this.latched.push(error);
+    this.log.warn('replication-error-latched', { disk, role, operation, errno: cause.code, message: cause.message });
+    this.registry.events.emit('error-latched', { node: this.nodeName, mode: this.mode, error: { ...error } });
   }
 
   private host(): ReplicationHost {
@@ -242,9 +249,9 @@ export class ReplicationNode extends BlockNode {
       log: this.log,
       stage: () => this.stageValue,
       setStage: (to) => this.setStage(to),
-      latch: (disk, operation, err) => this.latch(disk, operation, err),
-      clearError: () => { this.latched = null; },
-      emitCheckpoint: (durationMs) => this.registry.events.emit('checkpoint', { node: this.nodeName, durationMs }),
+      latch: (disk, role, operation, err, guestVisible) => this.latch(disk, role, operation, err, guestVisible),
+      clearErrors: () => { this.latched = []; },
+      emitCheckpoint: (durationUs) => this.registry.events.emit('checkpoint', { node: this.nodeName, durationUs }),
     };
   }
 

@@ -127,10 +127,8 @@ export class ReplicationRegistry {
   // ------------------------------------------------------ colo-blk extras
 
   /** Detailed status of every node, newest first (x-colo-blk-query-replication). */
-  async status(): Promise<ReplicationNodeStatus[]> {
-    const out: ReplicationNodeStatus[] = [];
-    for (const node of this.list()) out.push(await node.status());
-    return out;
+  status(): ReplicationNodeStatus[] {
+    return this.list().map((node) => node.status());
   }
 
   /** Resolves when no node is failing over any more. */

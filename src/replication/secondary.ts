@@ -19,14 +19,15 @@ import type { BlockGraph } from '../block/graph.js';
 import { BlockNode } from '../block/node.js';
 import { RangeLock } from '../block/range-lock.js';
 import { BackupJob } from '../jobs/backup.js';
-import type { CopyBeforeWriteNode } from '../jobs/cbw.js';
+import { ClusterBitmap } from '../jobs/bitmap.js';
+import type { CbwFailure, CopyBeforeWriteNode } from '../jobs/cbw.js';
 import { clusterSizeOf, DEFAULT_COPY_CLUSTER } from '../jobs/cluster-size.js';
 import { ActiveCommitJob } from '../jobs/commit.js';
 import type { JobOutcome } from '../jobs/job.js';
 import { jobRegistry } from '../jobs/registry.js';
 import type { Logger } from '../util/log.js';
 import { Errors, makeEmptyError } from './errors.js';
-import type { FailedOperation, Stage } from './stage.js';
+import type { DiskRole, FailedOperation, Stage } from './stage.js';
 
 /** QEMU's names for the extra children attached at start. */
 export const HIDDEN_CHILD = 'hidden disk';
@@ -40,20 +41,33 @@ export interface ReplicationHost {
   readonly log: Logger;
   stage(): Stage;
   setStage(to: Stage): void;
-  latch(disk: string, operation: FailedOperation, err: unknown): void;
-  clearError(): void;
-  emitCheckpoint(durationMs: number): void;
+  latch(disk: string, role: DiskRole, operation: FailedOperation, err: unknown, guestVisible: boolean): void;
+  clearErrors(): void;
+  emitCheckpoint(durationUs: number): void;
 }
 
 export interface CheckpointStats {
+  /** Checkpoints completed since the node opened (start's own included). */
   count: number;
-  lastMs: number;
-  totalMs: number;
+  lastUs: number;
+  totalUs: number;
+}
+
+/** How the last failover commit went, kept after the job is gone. */
+export interface CommitOutcome {
+  status: 'running' | 'completed' | 'failed';
+  offset: number;
+  len: number;
+  error?: string;
 }
 
 export class SecondaryReplication {
-  readonly checkpoints: CheckpointStats = { count: 0, lastMs: 0, totalMs: 0 };
+  readonly checkpoints: CheckpointStats = { count: 0, lastUs: 0, totalUs: 0 };
   private backupJob: BackupJob | null = null;
+  /** Active-disk clusters the view wrote since the last checkpoint. */
+  private activeWritten: ClusterBitmap | null = null;
+  private activeGranularity = DEFAULT_COPY_CLUSTER;
+  private lastCommit: CommitOutcome | null = null;
   private commitJob: ActiveCommitJob | null = null;
   private topNode: BlockNode | null = null;
   private lockGranularity = DEFAULT_COPY_CLUSTER;
@@ -78,6 +92,31 @@ export class SecondaryReplication {
   get commit(): ActiveCommitJob | null {
     return this.commitJob;
   }
+
+  /** The running failover commit's progress, or how the last one ended. */
+  get commitOutcome(): CommitOutcome | null {
+    const job = this.commitJob;
+    if (job) return { status: 'running', offset: job.progress.current, len: job.progress.total };
+    return this.lastCommit ? { ...this.lastCommit } : null;
+  }
+
+  /** Bytes the view wrote into the active disk since the last checkpoint (at its cluster granularity). */
+  get activeBytes(): number | undefined {
+    const map = this.activeWritten;
+    if (!map || !this.hiddenDisk) return undefined;
+    const size = this.host.node.size;
+    let bytes = map.count * this.activeGranularity;
+    // The last cluster may be partial.
+    if (map.length > 0 && map.get(map.length - 1)) bytes -= map.length * this.activeGranularity - size;
+    return bytes;
+  }
+
+  /** Bytes the primary's writes saved into the hidden disk since the last checkpoint. */
+  get hiddenBytes(): number | undefined {
+    if (!this.hiddenDisk) return undefined;
+    return this.backupJob?.cbw?.stats.copiedBytesSinceRearm ?? this.hiddenAtStop;
+  }
+  private hiddenAtStop = 0;
 
   settled(): Promise<void> {
     return this.failover;
@@ -127,6 +166,7 @@ export class SecondaryReplication {
       // The node's own "secondary disk" edge stays on the disk: after a
       // failover it is the base of the commit, never a copy trigger.
       keepOnSource: [node],
+      onFailure: (failure) => this.onCopyFailure(failure),
     });
     try {
       await job.start();
@@ -137,6 +177,9 @@ export class SecondaryReplication {
     this.backupJob = job;
     this.topNode = top;
     this.lockGranularity = Math.max(job.cbw!.copyClusterSize, clusterSizeOf(active) ?? 0, clusterSizeOf(hidden) ?? 0);
+    this.activeGranularity = clusterSizeOf(active) ?? DEFAULT_COPY_CLUSTER;
+    this.activeWritten = new ClusterBitmap(Math.ceil(active.size / this.activeGranularity));
+    this.lastCommit = null;
     void job.done.then(() => this.onBackupEnded(job));
     this.host.setStage('running');
     try {
@@ -168,16 +211,17 @@ export class SecondaryReplication {
       const active = this.host.node.file!;
       if (active.isClosed) throw Errors.activeEjected(active.nodeName);
       await emptyDisk(active);
+      this.activeWritten?.clearAll();
       const hidden = this.hiddenDisk!;
       if (hidden.isClosed) throw Errors.hiddenEjected(hidden.nodeName);
       await emptyDisk(hidden);
     });
-    const ms = performance.now() - started;
+    const us = Math.round((performance.now() - started) * 1000);
     this.checkpoints.count++;
-    this.checkpoints.lastMs = ms;
-    this.checkpoints.totalMs += ms;
-    this.host.log.debug('replication-checkpoint', { ms });
-    this.host.emitCheckpoint(ms);
+    this.checkpoints.lastUs = us;
+    this.checkpoints.totalUs += us;
+    this.host.log.debug('replication-checkpoint', { us });
+    this.host.emitCheckpoint(us);
   }
 
   // ---------------------------------------------------------------- stop
@@ -206,14 +250,14 @@ export class SecondaryReplication {
         await emptyDisk(disk);
       } catch (err) {
         // Replication is stopped either way; the node keeps the overlays it could not empty.
-        this.host.latch(disk.nodeName, 'make-empty', err);
+        this.host.latch(disk.nodeName, disk === active ? 'active' : 'hidden', 'make-empty', err, false);
         this.host.setStage('done');
         throw err;
       }
     }
     node.setChild('file', secondary);
     this.detachDisks();
-    this.host.clearError();
+    this.host.clearErrors();
     this.host.setStage('done');
     await this.releaseOverlays(active, hidden);
   }
@@ -233,7 +277,7 @@ export class SecondaryReplication {
       await job.start();
     } catch (err) {
       // QEMU stays in FAILOVER with no job; colo-blk says what happened.
-      this.host.latch(active.nodeName, 'commit-start', err);
+      this.host.latch(this.secondaryDisk!.nodeName, 'secondary', 'commit', err, false);
       this.host.setStage('failover-failed');
       throw Errors.commitStartFailed(err);
     }
@@ -244,19 +288,21 @@ export class SecondaryReplication {
 
   private async onCommitEnded(job: ActiveCommitJob, outcome: JobOutcome, active: BlockNode, hidden: BlockNode): Promise<void> {
     this.commitJob = null;
+    const progress = job.progress;
+    this.lastCommit = { status: outcome.ok ? 'completed' : 'failed', offset: progress.current, len: progress.total };
+    if (outcome.error) this.lastCommit.error = outcome.error.message;
     if (outcome.ok) {
       // The job already put the secondary disk in the active disk's place.
       this.detachDisks();
-      this.host.clearError();
+      this.host.clearErrors();
       this.host.setStage('done');
       this.host.log.info('replication-failover-done', { bytes: job.progress.current });
       await this.releaseOverlays(active, hidden);
       return;
     }
-    const failure = job.failure;
+    const failed = job.failure?.node ?? active.nodeName;
     const error = outcome.error ?? new BlockError('ECANCELED', 'the failover commit was cancelled');
-    const operation: FailedOperation = failure ? `commit-${failure.operation}` : 'commit-read';
-    this.host.latch(failure?.node ?? active.nodeName, operation, error);
+    this.host.latch(failed, this.roleOf(failed), 'commit', error, false);
     this.host.setStage('failover-failed');
     this.host.log.error('replication-failover-failed', { error: error.message });
   }
@@ -281,6 +327,11 @@ export class SecondaryReplication {
 
   writeRunning(offset: number, buf: Buffer): Promise<void> {
     const file = this.host.node.file!;
+    const written = this.activeWritten;
+    if (written) {
+      const g = this.activeGranularity;
+      written.setRange(Math.floor(offset / g), Math.ceil((offset + buf.length) / g));
+    }
     const cbw = this.backupJob?.cbw;
     if (!cbw) return file.write(offset, buf);
     // A partial-cluster write makes the active disk read the rest of the
@@ -335,6 +386,7 @@ export class SecondaryReplication {
   private async cancelBackup(): Promise<void> {
     const job = this.backupJob;
     if (!job) return;
+    this.hiddenAtStop = job.cbw?.stats.copiedBytesSinceRearm ?? 0;
     // Cleared first, so its completion is not taken for an unexpected end.
     this.backupJob = null;
     this.topNode = null;
@@ -347,8 +399,28 @@ export class SecondaryReplication {
     this.backupJob = null;
     this.topNode = null;
     if (this.host.stage() !== 'failover') {
-      this.host.latch(job.source.nodeName, 'backup', new BlockError('EIO', 'The backup job is cancelled unexpectedly'));
+      this.host.latch(job.source.nodeName, 'secondary', 'backup', new BlockError('EIO', 'The backup job is cancelled unexpectedly'), false);
     }
+  }
+
+  /**
+   * A primary write the secondary could not apply faithfully (old data not
+   * saved, or the write itself failed) leaves the pair diverged. QEMU only
+   * fails the NBD request; colo-blk also latches it here, so the secondary's
+   * get-error (which COLO checks before every checkpoint) reports it.
+   */
+  private onCopyFailure(failure: CbwFailure): void {
+    const role: DiskRole = failure.operation === 'copy-write' ? 'hidden' : 'secondary';
+    const operation: FailedOperation = failure.operation.startsWith('copy-') ? 'copy-before-write' : failure.operation as FailedOperation;
+    this.host.latch(failure.node.nodeName, role, operation, failure.error, false);
+  }
+
+  /** The role of a disk by node name, for error reports. */
+  private roleOf(nodeName: string): DiskRole {
+    const file = this.host.node.file;
+    if (this.commitJob?.top.nodeName === nodeName || file?.nodeName === nodeName) return 'active';
+    if (this.hiddenDisk?.nodeName === nodeName) return 'hidden';
+    return 'secondary';
   }
 
   private detachDisks(): void {

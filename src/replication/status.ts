@@ -1,42 +1,56 @@
 /**
  * colo-blk's detailed replication status (x-colo-blk-query-replication):
- * what QEMU does not expose. Stage, mode, the latched error with disk,
- * operation and errno, bytes buffered in the active and hidden disks,
- * copy-before-write counters, checkpoint timings, and failover progress.
+ * what QEMU does not expose. Stage and mode, the latched errors with disk,
+ * role, operation and errno, bytes buffered in the active and hidden disks,
+ * checkpoint count and duration, failover commit progress, plus
+ * copy-before-write counters. Synchronous: everything comes from counters
+ * the node keeps as it goes, so a status query costs no I/O.
  */
 import type { BlockNode } from '../block/node.js';
-import { Status } from '../block/node.js';
-import type { JobStatus } from '../jobs/job.js';
-import type { SecondaryReplication } from './secondary.js';
-import type { LatchedError, ReplicationMode, Stage } from './stage.js';
+import type { CommitOutcome, SecondaryReplication } from './secondary.js';
+import type { DiskRole, FailedOperation, LatchedError, ReplicationMode, Stage } from './stage.js';
+import type { Errno } from '../block/errors.js';
+
+export interface ReplicationErrorStatus {
+  disk: string;
+  role: DiskRole;
+  operation: FailedOperation;
+  errno: Errno;
+  errnoNumber: number;
+  /** The underlying error's message. */
+  desc: string;
+  since: string;
+  count: number;
+  guestVisible: boolean;
+}
 
 export interface ReplicationNodeStatus {
-  'node-name': string;
+  nodeName: string;
   mode: ReplicationMode;
   stage: Stage;
-  'top-id'?: string;
-  error: null | {
-    disk: string;
-    operation: LatchedError['operation'];
-    errno: LatchedError['errno'];
-    'errno-number': number;
-    message: string;
-    since: string;
-    count: number;
-  };
-  /** Secondary only, while the extra children are attached. */
+  /** Secondary: the top-id option. */
+  topId?: string;
+  /** Latched errors, at most one per disk, oldest first; empty when healthy. */
+  errors: ReplicationErrorStatus[];
+  /** Secondary, while active and hidden are attached: bytes the view wrote since the last checkpoint. */
+  activeBytes?: number;
+  /** Secondary, likewise: bytes saved before the primary overwrote them. */
+  hiddenBytes?: number;
+  /** Checkpoints completed (start runs one). */
+  checkpoints: number;
+  lastCheckpointUs?: number;
+  /** Secondary failover: the active commit's progress, or how it ended. */
+  commit?: CommitOutcome;
+  /** Secondary, while attached: the disks by node name. */
   disks?: { active: string; hidden: string; secondary: string };
-  buffered?: { active: number; hidden: number };
-  'copy-before-write'?: {
-    'cluster-size': number;
-    'pending-clusters': number;
+  /** Secondary, while running: the copy-before-write filter's counters. */
+  copyBeforeWrite?: {
+    clusterSize: number;
+    pendingClusters: number;
     copies: number;
-    'copied-bytes': number;
-    'copy-errors': number;
-    'last-copy-error'?: { stage: 'read' | 'write'; node: string; errno: string; message: string };
+    copiedBytes: number;
+    copyErrors: number;
   };
-  checkpoints?: { count: number; 'last-ms': number; 'total-ms': number };
-  commit?: { id: string; status: JobStatus; current: number; total: number };
 }
 
 interface StatusSource {
@@ -45,76 +59,53 @@ interface StatusSource {
   readonly stage: Stage;
   readonly topId: string | null;
   readonly file: BlockNode | null;
-  readonly latchedError: LatchedError | null;
+  readonly latchedErrors: LatchedError[];
 }
 
-export async function collectStatus(node: StatusSource, secondary: SecondaryReplication | null): Promise<ReplicationNodeStatus> {
-  const latched = node.latchedError;
+export function collectStatus(node: StatusSource, secondary: SecondaryReplication | null): ReplicationNodeStatus {
   const out: ReplicationNodeStatus = {
-    'node-name': node.nodeName,
+    nodeName: node.nodeName,
     mode: node.mode,
     stage: node.stage,
-    error: latched && {
-      disk: latched.disk,
-      operation: latched.operation,
-      errno: latched.errno,
-      'errno-number': latched.errnoNumber,
-      message: latched.message,
-      since: latched.since,
-      count: latched.count,
-    },
+    errors: node.latchedErrors.map((e) => ({
+      disk: e.disk,
+      role: e.role,
+      operation: e.operation,
+      errno: e.errno,
+      errnoNumber: e.errnoNumber,
+      desc: e.message,
+      since: e.since,
+      count: e.count,
+      guestVisible: e.guestVisible,
+    })),
+    checkpoints: secondary?.checkpoints.count ?? 0,
   };
-  if (node.topId !== null) out['top-id'] = node.topId;
+  if (node.topId !== null) out.topId = node.topId;
   if (!secondary) return out;
 
+  if (secondary.checkpoints.count > 0) out.lastCheckpointUs = secondary.checkpoints.lastUs;
   const hidden = secondary.hiddenDisk;
   const disk = secondary.secondaryDisk;
-  const commit = secondary.commit;
   // While the commit runs, `file` is its filter; the active disk is the job's top.
-  const active = commit ? commit.top : node.file;
+  const active = secondary.commit?.top ?? node.file;
   if (active && hidden && disk) {
     out.disks = { active: active.nodeName, hidden: hidden.nodeName, secondary: disk.nodeName };
-    out.buffered = { active: await allocatedBytes(active), hidden: await allocatedBytes(hidden) };
+    const a = secondary.activeBytes;
+    const h = secondary.hiddenBytes;
+    if (a !== undefined) out.activeBytes = a;
+    if (h !== undefined) out.hiddenBytes = h;
   }
   const cbw = secondary.backup?.cbw;
   if (cbw) {
-    const s = cbw.stats;
-    out['copy-before-write'] = {
-      'cluster-size': cbw.copyClusterSize,
-      'pending-clusters': cbw.pendingClusters,
-      copies: s.copies,
-      'copied-bytes': s.copiedBytes,
-      'copy-errors': s.copyErrors,
+    out.copyBeforeWrite = {
+      clusterSize: cbw.copyClusterSize,
+      pendingClusters: cbw.pendingClusters,
+      copies: cbw.stats.copies,
+      copiedBytes: cbw.stats.copiedBytes,
+      copyErrors: cbw.stats.copyErrors,
     };
-    if (s.lastError) {
-      out['copy-before-write']['last-copy-error'] = {
-        stage: s.lastError.stage, node: s.lastError.node, errno: s.lastError.code, message: s.lastError.message,
-      };
-    }
   }
-  const c = secondary.checkpoints;
-  out.checkpoints = { count: c.count, 'last-ms': round(c.lastMs), 'total-ms': round(c.totalMs) };
-  if (commit) {
-    const p = commit.progress;
-    out.commit = { id: commit.id, status: commit.status, current: p.current, total: p.total };
-  }
+  const commit = secondary.commitOutcome;
+  if (commit) out.commit = commit;
   return out;
-}
-
-/** Bytes a layer holds itself: a driver's own count when it keeps one, else a block-status walk. */
-export async function allocatedBytes(node: BlockNode): Promise<number> {
-  if (node.isClosed) return 0;
-  const own = (node as unknown as { allocatedBytes?: unknown }).allocatedBytes;
-  if (typeof own === 'number') return own;
-  let total = 0;
-  for (let offset = 0; offset < node.size;) {
-    const st = await node.blockStatus(offset, node.size - offset);
-    if (st.flags & Status.ALLOCATED) total += st.length;
-    offset += st.length;
-  }
-  return total;
-}
-
-function round(ms: number): number {
-  return Math.round(ms * 1000) / 1000;
 }

@@ -43,9 +43,9 @@ test('a healthy failover commit reports no error (QEMU: "I/O error occurred" unt
     await hold.waitForHits(1);
     assert.equal(f.repl.stage, 'failover');
     assert.deepEqual(f.registry.queryStatus(), { error: false });
-    const [st] = await f.registry.status();
+    const [st] = f.registry.status();
     assert.equal(st!.commit?.status, 'running');
-    assert.equal(st!.commit?.total, 2 * MiB);
+    assert.equal(st!.commit?.len, 2 * MiB);
     hold.remove();
     await f.registry.settled();
     assert.deepEqual(f.registry.queryStatus(), { error: false });
@@ -62,11 +62,13 @@ test('an error report names the disk, the operation and the errno, beside QEMU\'
     fault.addRule({ op: 'write', errno: 'ECONNRESET' });
     await f.bb.write(0, fill(512, 1));
     assert.deepEqual(f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' });
-    const error = (await f.repl.status()).error!;
-    assert.equal(error.disk, 'pdisk-fault');
-    assert.equal(error.operation, 'write');
-    assert.equal(error.errno, 'ECONNRESET');
-    assert.equal(error['errno-number'], 104);
+    const [error] = f.repl.status().errors;
+    assert.equal(error!.disk, 'pdisk-fault');
+    assert.equal(error!.role, 'nbd');
+    assert.equal(error!.operation, 'write');
+    assert.equal(error!.errno, 'ECONNRESET');
+    assert.equal(error!.errnoNumber, 104);
+    assert.equal(error!.guestVisible, false, 'the primary swallowed it');
   } finally {
     await f.cleanup();
   }
@@ -80,8 +82,10 @@ test('FAILOVER_FAILED keeps the primary data it could not commit reachable and s
     localFault(f).addRule({ op: 'write', errno: 'ENOSPC' });
     await f.registry.stopAll(true);
     await f.registry.settled();
-    const error = (await f.repl.status()).error!;
-    assert.deepEqual([error.disk, error.operation, error.errno], ['local-fault', 'commit-write', 'ENOSPC']);
+    const [error] = f.repl.status().errors;
+    assert.deepEqual([error!.disk, error!.role, error!.operation, error!.errno], ['local-fault', 'secondary', 'commit', 'ENOSPC']);
+    assert.deepEqual(f.repl.status().commit && { ...f.repl.status().commit, error: undefined },
+      { status: 'failed', offset: 0, len: MiB, error: undefined });
     assert.equal((await isAllocatedAbove(f.active, f.local, 0, MiB)).allocated, true, 'the overlays are kept');
   } finally {
     await f.cleanup();

@@ -135,10 +135,19 @@ describe('copy-before-write failures and concurrency', () => {
       assert.equal(stats.copyErrors, 1);
       assert.deepEqual({ stage: stats.lastError?.stage, node: stats.lastError?.node, code: stats.lastError?.code },
         { stage: 'read', node: 'local-fault', code: 'EIO' });
+      // The pair diverged: colo-blk latches it on the secondary too (QEMU does not).
+      assert.deepEqual(f.repl.status().errors.map((e) => [e.disk, e.role, e.operation, e.errno]),
+        [['local-fault', 'secondary', 'copy-before-write', 'EIO']]);
+      assert.deepEqual(f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' });
       rule.remove();
       await f.localBB.write(5 * MiB + 100, fill(100, 0x22));
       await expectPattern(f.top, 5 * MiB, 64 * KiB, 0x11);
       await expectPattern(f.localBB, 5 * MiB + 100, 100, 0x22);
+      // A write that fails on the secondary disk itself is latched as well.
+      fault.addRule({ op: 'write', offset: 5 * MiB, length: 1, errno: 'ENOSPC', count: 1 });
+      await assert.rejects(f.localBB.write(5 * MiB, fill(10, 0x23)), { code: 'ENOSPC' });
+      const [latched] = f.repl.status().errors;
+      assert.equal(latched!.count, 2, 'same disk: counted on the first entry');
     } finally {
       await f.cleanup();
     }
