@@ -19,6 +19,7 @@ import { BlockError } from '../block/errors.js';
 import { BlockNode, type BlockStatus } from '../block/node.js';
 import { RangeLock } from '../block/range-lock.js';
 import { ClusterBitmap } from './bitmap.js';
+import { BufferPool } from './buffer-pool.js';
 
 /** The most a single copy moves at once, so one huge write does not serialise a whole region. */
 const MAX_COPY_BYTES = 1 << 20;
@@ -62,6 +63,7 @@ export class CopyBeforeWriteNode extends BlockNode {
   private readonly inflight = new Map<number, Promise<void>>();
   private readonly maxRunClusters: number;
   private readonly length: number;
+  private buffers = new BufferPool(MAX_COPY_BYTES, 8);
   /** After removal from the graph, requests still parked at our gate go here untouched. */
   private retiredTo: BlockNode | null = null;
 
@@ -77,6 +79,7 @@ export class CopyBeforeWriteNode extends BlockNode {
     this.length = source.size;
     this.pending = new ClusterBitmap(Math.ceil(this.length / copyClusterSize), true);
     this.maxRunClusters = Math.max(1, Math.floor(MAX_COPY_BYTES / copyClusterSize));
+    if (copyClusterSize > MAX_COPY_BYTES) this.buffers = new BufferPool(copyClusterSize, 8);
     this.setChild('file', source);
   }
 
@@ -216,8 +219,8 @@ export class CopyBeforeWriteNode extends BlockNode {
     const start = first * cs;
     const stop = Math.min(end * cs, this.length);
     const guard = await this.copyLock.acquire(start, stop, 'exclusive');
+    const data = this.buffers.take(stop - start);
     try {
-      const data = Buffer.allocUnsafe(stop - start);
       try {
         await this.source.read(start, data);
       } catch (err) {
@@ -235,6 +238,7 @@ export class CopyBeforeWriteNode extends BlockNode {
       this.stats.copiedBytes += stop - start;
       this.stats.copiedBytesSinceRearm += stop - start;
     } finally {
+      this.buffers.give(data);
       guard.release();
     }
   }

@@ -17,6 +17,7 @@ import type { BlockGraph } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
 import { RangeLock } from '../block/range-lock.js';
 import { ClusterBitmap } from './bitmap.js';
+import { BufferPool } from './buffer-pool.js';
 import { CommitTopNode } from './commit-filter.js';
 import { Job, type RunResult } from './job.js';
 import { jobRegistry } from './registry.js';
@@ -61,6 +62,7 @@ export class ActiveCommitJob extends Job {
   private copied = 0;
   private cursor = 0;
   private firstError: unknown = null;
+  private readonly buffers: BufferPool;
 
   constructor(graph: BlockGraph, options: CommitJobOptions) {
     const id = options.id ?? jobRegistry(graph).uniqueId(`commit-${options.top.nodeName}`);
@@ -71,6 +73,7 @@ export class ActiveCommitJob extends Job {
     this.maxChunkGranules = Math.max(1, Math.floor((options.maxChunk ?? 1 << 20) / this.granularity));
     this.parallel = options.parallel ?? 4;
     this.dirty = new ClusterBitmap(Math.ceil(this.top.size / this.granularity));
+    this.buffers = new BufferPool(this.maxChunkGranules * this.granularity, this.parallel);
   }
 
   /** The filter above the top while the job runs. */
@@ -186,8 +189,8 @@ export class ActiveCommitJob extends Job {
     const length = end - start;
     this.inflightBytes += length;
     const guard = await this.copyLock.acquire(start, end, 'exclusive');
+    const data = this.buffers.take(length);
     try {
-      const data = Buffer.allocUnsafe(length);
       try {
         await this.top.read(start, data);
       } catch (err) {
@@ -200,6 +203,7 @@ export class ActiveCommitJob extends Job {
       }
       this.copied += length;
     } finally {
+      this.buffers.give(data);
       guard.release();
       this.inflightBytes -= length;
     }
