@@ -16,6 +16,7 @@ import { BlockError } from '../block/errors.js';
 import type { BlockGraph } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
 import { RangeLock } from '../block/range-lock.js';
+import { setReadOnly } from './reopen.js';
 import { ClusterBitmap } from './bitmap.js';
 import { BufferPool } from './buffer-pool.js';
 import { CommitTopNode } from './commit-filter.js';
@@ -63,6 +64,8 @@ export class ActiveCommitJob extends Job {
   private cursor = 0;
   private firstError: unknown = null;
   private readonly buffers: BufferPool;
+  /** The base was read-only and is reopened read-write for the job (QEMU's base_ro). */
+  private baseWasReadOnly = false;
 
   constructor(graph: BlockGraph, options: CommitJobOptions) {
     const id = options.id ?? jobRegistry(graph).uniqueId(`commit-${options.top.nodeName}`);
@@ -91,9 +94,12 @@ export class ActiveCommitJob extends Job {
     if (!chainContains(this.top, this.base)) {
       throw new BlockError('EINVAL', `'${this.base.nodeName}' is not in the backing chain of '${this.top.nodeName}'`);
     }
-    if (this.base.readOnly) throw new BlockError('EROFS', `Base node '${this.base.nodeName}' is read-only`);
     if (this.base.size < this.top.size) {
       throw new BlockError('EINVAL', `Base node '${this.base.nodeName}' is smaller than '${this.top.nodeName}'`);
+    }
+    if (this.base.readOnly) {
+      await setReadOnly(this.base, false);
+      this.baseWasReadOnly = true;
     }
     const filter = new CommitTopNode(this.top, (offset, length) => this.markDirty(offset, length));
     // Quiesce the top's node parents too: a request parked at the top's own
@@ -120,6 +126,9 @@ export class ActiveCommitJob extends Job {
       await this.restoreTop();
       if (err instanceof Cancelled) return 'cancelled';
       throw err;
+    } finally {
+      // As mirror_exit_common: a base that was read-only goes back to read-only.
+      if (this.baseWasReadOnly) await setReadOnly(this.base, true).catch(() => undefined);
     }
   }
 

@@ -52,11 +52,7 @@ export const Errors = {
   noBlockBackend: () => new ReplicationError('NO_BLOCK_BACKEND', "The secondary disk doesn't have block backend"),
   lengthMismatch: () => new ReplicationError('LENGTH_MISMATCH', "Active disk, hidden disk, secondary disk's length are not the same"),
   noMakeEmpty: () => new ReplicationError('NO_MAKE_EMPTY', "Active disk or hidden disk doesn't support make_empty"),
-  /** colo-blk cannot reopen a node with other flags; QEMU would reopen it read-write here. */
-  reopenFailed: (node: string) => new ReplicationError(
-    'REOPEN_FAILED',
-    `Block node '${node}' is read-only and cannot be reopened read-write; open it with read-only=off`,
-  ),
+  reopenFailed: (cause: unknown) => new ReplicationError('REOPEN_FAILED', messageOf(cause), { cause }),
   invalidTop: () => new ReplicationError('INVALID_TOP', 'No top_bs or it is invalid'),
   backupStartFailed: (cause: unknown) => new ReplicationError('BACKUP_START_FAILED', messageOf(cause), { cause }),
   backupCancelled: () => new ReplicationError('BACKUP_CANCELLED', 'Backup job was cancelled unexpectedly'),

@@ -23,6 +23,7 @@ import { ClusterBitmap } from '../jobs/bitmap.js';
 import type { CbwFailure, CopyBeforeWriteNode } from '../jobs/cbw.js';
 import { clusterSizeOf, DEFAULT_COPY_CLUSTER } from '../jobs/cluster-size.js';
 import { ActiveCommitJob } from '../jobs/commit.js';
+import { setReadOnly } from '../jobs/reopen.js';
 import type { JobOutcome } from '../jobs/job.js';
 import { jobRegistry } from '../jobs/registry.js';
 import type { Logger } from '../util/log.js';
@@ -74,6 +75,8 @@ export class SecondaryReplication {
   /** Serialises writes routed by allocation after a failed failover. */
   private readonly routeLock = new RangeLock();
   private failover: Promise<void> = Promise.resolve();
+  /** Disks `start` reopened read-write, to be put back when the backup job ends (QEMU's orig_*_read_only). */
+  private reopened: BlockNode[] = [];
 
   constructor(private readonly host: ReplicationHost) {}
 
@@ -148,13 +151,24 @@ export class SecondaryReplication {
     if (secondary.backends.length === 0) throw Errors.noBlockBackend();
     if (active.size !== hidden.size || hidden.size !== secondary.size) throw Errors.lengthMismatch();
     if (!supportsMakeEmpty(active) || !supportsMakeEmpty(hidden)) throw Errors.noMakeEmpty();
-    for (const disk of [hidden, secondary]) if (disk.readOnly) throw Errors.reopenFailed(disk.nodeName);
+    // An inline backing file opens read-only; QEMU reopens both disks read-write here.
+    for (const disk of [hidden, secondary]) {
+      if (!disk.readOnly) continue;
+      try {
+        await setReadOnly(disk, false);
+      } catch (err) {
+        await this.restoreReadOnly();
+        throw Errors.reopenFailed(err);
+      }
+      this.reopened.push(disk);
+    }
 
     node.setChild(HIDDEN_CHILD, hidden);
     node.setChild(SECONDARY_CHILD, secondary);
     const top = findTop(graph, this.host.topId);
     if (!top || top.nodeParents.length > 0 || !reaches(top, node)) {
       this.detachDisks();
+      await this.restoreReadOnly();
       throw Errors.invalidTop();
     }
 
@@ -172,6 +186,7 @@ export class SecondaryReplication {
       await job.start();
     } catch (err) {
       this.detachDisks();
+      await this.restoreReadOnly();
       throw Errors.backupStartFailed(err);
     }
     this.backupJob = job;
@@ -180,7 +195,7 @@ export class SecondaryReplication {
     this.activeGranularity = clusterSizeOf(active) ?? DEFAULT_COPY_CLUSTER;
     this.activeWritten = new ClusterBitmap(Math.ceil(active.size / this.activeGranularity));
     this.lastCommit = null;
-    void job.done.then(() => this.onBackupEnded(job));
+    void job.done.then(() => this.onBackupEnded(job)).then(() => this.restoreReadOnly());
     this.host.setStage('running');
     try {
       // Drops whatever the overlays held from an earlier run.
@@ -391,6 +406,19 @@ export class SecondaryReplication {
     this.backupJob = null;
     this.topNode = null;
     await job.cancelAndWait();
+    await this.restoreReadOnly();
+  }
+
+  /** QEMU's backup_job_cleanup: the disks go back to read-only if they were; errors are ignored, as there. */
+  private async restoreReadOnly(): Promise<void> {
+    const disks = this.reopened;
+    this.reopened = [];
+    for (const disk of disks) {
+      if (disk.isClosed) continue;
+      await setReadOnly(disk, true).catch((err: unknown) => {
+        this.host.log.warn('replication-reopen-read-only-failed', { disk: disk.nodeName, error: err });
+      });
+    }
   }
 
   /** QEMU's backup_job_completed: an end nobody asked for is an error. */

@@ -200,7 +200,7 @@ describe('active commit job', () => {
     await assert.rejects(new ActiveCommitJob(g, { top, base: other }).start(), { message: "'other' is not in the backing chain of 'top'" });
     await assert.rejects(new ActiveCommitJob(g, { top, base: top }).start(), { message: 'Cannot commit an image into itself' });
     mid.readOnly = true;
-    await assert.rejects(new ActiveCommitJob(g, { top, base: mid }).start(), { message: "Base node 'mid' is read-only" });
+    await assert.rejects(new ActiveCommitJob(g, { top, base: mid }).start(), { message: "Block node 'mid' is read-only and its driver (memory) cannot reopen it read-write" });
     mid.readOnly = false;
     assert.equal(dev.node, top);
     void base;

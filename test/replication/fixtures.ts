@@ -40,7 +40,7 @@ export class DiskFactory {
   constructor(readonly kind: DiskKind) {}
 
   /** A standalone disk of `size` bytes. */
-  async disk(nodeName: string, size: number, opts: { backing?: string | OptionDict; fault?: boolean } = {}): Promise<OptionDict> {
+  async disk(nodeName: string, size: number, opts: { backing?: string | OptionDict; fault?: boolean; readWrite?: boolean } = {}): Promise<OptionDict> {
     let dict: OptionDict;
     if (this.kind === 'memory') {
       dict = { driver: 'memory', 'node-name': nodeName, size };
@@ -52,6 +52,9 @@ export class DiskFactory {
         : { driver: 'file', filename: file };
       dict = { driver: 'qcow2', 'node-name': nodeName, file: protocol };
       if (opts.backing !== undefined) dict.backing = opts.backing;
+      // qcow2 opens an inline backing read-only (as QEMU does); replication
+      // would have to reopen it, which needs the driver's `reopen`.
+      if (opts.readWrite) dict['read-only'] = false;
       return dict;
     }
     return opts.fault ? { driver: 'fault', 'node-name': `${nodeName}-fault`, file: dict } : dict;
@@ -111,7 +114,7 @@ export async function secondaryFixture(kind: DiskKind, opts: SecondaryOptions = 
   if (opts.locklessHidden) graph.register(locklessOverlayDriver);
   const hidden = opts.locklessHidden
     ? { driver: 'lockless-overlay', 'node-name': 'hidden', backing: local.nodeName }
-    : await factory.disk('hidden', size, { backing: local.nodeName });
+    : await factory.disk('hidden', size, { backing: local.nodeName, readWrite: true });
   const active = await factory.disk('active', size, { backing: hidden });
   if (opts.activeCluster && kind === 'memory') active['cluster-size'] = opts.activeCluster;
   const repl = await graph.add({

@@ -30,6 +30,15 @@ class PlainOverlay extends BlockNode {
   protected doFlush(): Promise<void> { return Promise.resolve(); }
 }
 
+/** A memory overlay that can be reopened read-only or read-write, counting reopens. */
+class ReopenableMemory extends MemoryNode {
+  reopens: boolean[] = [];
+  async reopen(options: { readOnly: boolean }): Promise<void> {
+    this.reopens.push(options.readOnly);
+    this.readOnly = options.readOnly;
+  }
+}
+
 /** A memory overlay whose make-empty fails with EIO. */
 class FailingEmpty extends MemoryNode {
   protected override async doMakeEmpty(): Promise<void> {
@@ -44,6 +53,15 @@ const testDrivers: DriverDefinition[] = [
     async open(ctx) {
       const backing = await ctx.openChild('backing');
       return new PlainOverlay(ctx.nodeName!, backing!);
+    },
+  },
+  {
+    name: 'reopenable-memory',
+    kind: 'format',
+    async open(ctx) {
+      const backing = (await ctx.openChild('backing')) ?? null;
+      const size = ctx.options.optInt('size') ?? backing!.size;
+      return new ReopenableMemory(ctx.nodeName, ctx.readOnly, size, 65536, backing);
     },
   },
   {
@@ -190,10 +208,49 @@ test('start: active disk cannot be emptied', async () => {
   await l.g.closeAll();
 });
 
-test('start: a read-only hidden disk is refused with a clear message', async () => {
+test('start: a read-only hidden disk whose driver cannot reopen it is refused with a clear message', async () => {
   const l = await layout({ hiddenReadOnly: true });
-  await startFails(l, "Block node 'hidden' is read-only and cannot be reopened read-write; open it with read-only=off");
+  await startFails(l, "Block node 'hidden' is read-only and its driver (memory) cannot reopen it read-write");
   await l.g.closeAll();
+});
+
+test('start reopens read-only hidden and secondary disks read-write; they go back when the backup job ends', async () => {
+  const g = graphWithTestDrivers();
+  const local = await g.add({ driver: 'reopenable-memory', 'node-name': 'local', size: SIZE, 'read-only': true }) as ReopenableMemory;
+  const bb = new BlockBackend('nbd', local);
+  // An inline backing file opens read-only, as in test-replication.c's layout.
+  const repl = await g.add({
+    driver: 'replication', 'node-name': 'repl', mode: 'secondary', 'top-id': 'repl',
+    file: { driver: 'memory', 'node-name': 'active', backing: { driver: 'reopenable-memory', 'node-name': 'hidden', 'read-only': true, backing: 'local' } },
+  }) as ReplicationNode;
+  const hidden = g.get('hidden') as ReopenableMemory;
+  await repl.start('secondary');
+  assert.deepEqual([hidden.readOnly, local.readOnly], [false, false]);
+  await bb.write(0, fill(65536, 0x22));
+  await repl.stop(true);
+  // The backup job's end puts both back; the commit then reopens its base read-write and restores it (QEMU's base_ro).
+  await repl.failoverSettled();
+  assert.equal(repl.stage, 'done');
+  assert.deepEqual(hidden.reopens, [false, true]);
+  assert.deepEqual(local.reopens, [false, true, false, true]);
+  assert.equal(local.readOnly, true);
+  bb.detach();
+  await g.closeAll();
+});
+
+test('a failed reopen is start\'s error and undoes earlier reopens', async () => {
+  const g = graphWithTestDrivers();
+  await g.add({ driver: 'memory', 'node-name': 'local', size: SIZE, 'read-only': true });
+  const bb = new BlockBackend('nbd', g.get('local'));
+  await g.add({ driver: 'reopenable-memory', 'node-name': 'hidden', 'read-only': true, backing: 'local' });
+  await g.add({ driver: 'memory', 'node-name': 'active', backing: 'hidden' });
+  const repl = await g.add({ driver: 'replication', 'node-name': 'repl', mode: 'secondary', 'top-id': 'repl', file: 'active' }) as ReplicationNode;
+  await assert.rejects(repl.start('secondary'), { message: "Block node 'local' is read-only and its driver (memory) cannot reopen it read-write" });
+  const hidden = g.get('hidden') as ReopenableMemory;
+  assert.deepEqual(hidden.reopens, [false, true], 'hidden went back to read-only');
+  assert.equal(repl.stage, 'none');
+  bb.detach();
+  await g.closeAll();
 });
 
 test('start: top-id missing, not a root, or not above the node', async () => {
