@@ -125,6 +125,11 @@ export class SecondaryReplication {
     return this.failover;
   }
 
+  /** Writes after a failed failover that wait for an overlapping one (they are serialised). */
+  get routedWritesWaiting(): number {
+    return this.routeLock.waiting;
+  }
+
   implicitNodes(): BlockNode[] {
     const out: BlockNode[] = [];
     const cbw = this.backupJob?.cbw;

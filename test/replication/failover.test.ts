@@ -9,7 +9,7 @@ import { describe, test } from 'node:test';
 import { isAllocatedAbove } from '../../src/block/chain.js';
 import type { ReplicationEvents } from '../../src/replication/events.js';
 import {
-  DISK_KINDS, MiB, expectPattern, fill, localFault, secondaryFixture,
+  DISK_KINDS, MiB, expectPattern, fill, localFault, secondaryFixture, until,
 } from './fixtures.js';
 
 describe('FAILOVER_FAILED (spec section 3, reproduced)', () => {
@@ -57,6 +57,41 @@ describe('FAILOVER_FAILED (spec section 3, reproduced)', () => {
       await expectPattern(f.localBB, 16 * MiB, MiB, 0x46, 'the unallocated half went to the secondary disk');
       await expectPattern(f.localBB, 15 * MiB, MiB, 0x11, 'the allocated half did not');
       assert.equal((await isAllocatedAbove(f.active, f.local, 16 * MiB, MiB)).allocated, false);
+    } finally {
+      await f.cleanup();
+    }
+  });
+
+  test('routed writes are serialised: a copy-up in the active disk cannot hide a write sent to the secondary disk', async () => {
+    // Active clusters of 128 KiB over a hidden disk of 64 KiB: one active
+    // cluster spans a range allocated in hidden and one allocated nowhere.
+    const f = await secondaryFixture('memory', { size: 4 * MiB, faultyLocal: true, activeCluster: 128 * 1024 });
+    try {
+      await f.repl.start('secondary');
+      const X = 2 * MiB;
+      await f.localBB.write(X, fill(64 * 1024, 0x22)); // hidden now holds [X, X+64K)
+      await f.top.write(0, fill(4096, 0x33));
+      const fault = localFault(f);
+      const failCommit = fault.addRule({ op: 'write', offset: 0, length: 512, errno: 'EIO' });
+      await f.repl.stop(true);
+      await f.repl.failoverSettled();
+      failCommit.remove();
+      assert.equal(f.repl.stage, 'failover-failed');
+
+      // W2 goes to the secondary disk (nothing above it there) and is parked on its way.
+      const hold = fault.addRule({ op: 'write', offset: X + 64 * 1024, length: 4096, hold: true, count: 1 });
+      const w2 = f.top.write(X + 64 * 1024, fill(4096, 0x62));
+      await hold.waitForHits(1);
+      // W1 goes to the active disk, whose copy-up reads the rest of the 128 KiB cluster.
+      let w1Done = false;
+      const w1 = f.top.write(X, fill(4096, 0x61)).then(() => { w1Done = true; });
+      const sec = f.repl.secondarySide!;
+      await until(() => w1Done || sec.routedWritesWaiting > 0, 'W1 to finish or to wait for W2');
+      assert.equal(w1Done, false, 'W1 must wait for the overlapping routed write');
+      hold.release();
+      await Promise.all([w1, w2]);
+      await expectPattern(f.top, X, 4096, 0x61);
+      await expectPattern(f.top, X + 64 * 1024, 4096, 0x62, 'W2 is visible, not shadowed by a stale copy-up');
     } finally {
       await f.cleanup();
     }
