@@ -16,7 +16,7 @@
 import { isAllocatedAbove, reaches } from '../block/chain.js';
 import { BlockError } from '../block/errors.js';
 import type { BlockGraph } from '../block/graph.js';
-import { BlockNode } from '../block/node.js';
+import type { BlockNode } from '../block/node.js';
 import { RangeLock } from '../block/range-lock.js';
 import { BackupJob } from '../jobs/backup.js';
 import { ClusterBitmap } from '../jobs/bitmap.js';
@@ -27,7 +27,8 @@ import { setReadOnly } from '../jobs/reopen.js';
 import type { JobOutcome } from '../jobs/job.js';
 import { jobRegistry } from '../jobs/registry.js';
 import type { Logger } from '../util/log.js';
-import { Errors, makeEmptyError } from './errors.js';
+import { Errors } from './errors.js';
+import { checkChain, emptyDisk, findTop } from './topology.js';
 import type { DiskRole, FailedOperation, Stage } from './stage.js';
 
 /** QEMU's names for the extra children attached at start. */
@@ -148,14 +149,7 @@ export class SecondaryReplication {
   /** QEMU's checks in QEMU's order, then the backup job, RUNNING, and one checkpoint. */
   async start(): Promise<void> {
     const { node, graph } = this.host;
-    const active = node.file;
-    if (!active || !active.backing) throw Errors.noActiveBacking();
-    const hidden = active.backing;
-    if (!hidden.backing) throw Errors.noHiddenBacking();
-    const secondary = hidden.backing;
-    if (secondary.backends.length === 0) throw Errors.noBlockBackend();
-    if (active.size !== hidden.size || hidden.size !== secondary.size) throw Errors.lengthMismatch();
-    if (!supportsMakeEmpty(active) || !supportsMakeEmpty(hidden)) throw Errors.noMakeEmpty();
+    const { active, hidden, secondary } = checkChain(node);
     // An inline backing file opens read-only; QEMU reopens both disks read-write here.
     for (const disk of [hidden, secondary]) {
       if (!disk.readOnly) continue;
@@ -486,27 +480,5 @@ export class SecondaryReplication {
     } finally {
       for (const n of held.reverse()) n.resume();
     }
-  }
-}
-
-/** bdrv_lookup_bs: a device (BlockBackend) name first, then a node name. */
-function findTop(graph: BlockGraph, id: string): BlockNode | null {
-  for (const node of graph.allNodes()) {
-    for (const backend of node.backends) if (backend.name === id) return node;
-  }
-  return graph.lookup(id) ?? null;
-}
-
-/** Whether the node's driver implements make-empty (QEMU checks drv->bdrv_make_empty). */
-export function supportsMakeEmpty(node: BlockNode): boolean {
-  const method = (n: object): unknown => (n as Record<string, unknown>).doMakeEmpty;
-  return method(node) !== method(BlockNode.prototype);
-}
-
-async function emptyDisk(disk: BlockNode): Promise<void> {
-  try {
-    await disk.makeEmpty();
-  } catch (err) {
-    throw makeEmptyError(disk, err);
   }
 }
