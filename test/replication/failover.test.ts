@@ -112,6 +112,42 @@ describe('FAILOVER_FAILED (spec section 3, reproduced)', () => {
   });
 });
 
+describe('closing a replication node', () => {
+  test('while RUNNING: the backup job stops and the filter leaves; nothing is left registered', async () => {
+    const f = await secondaryFixture('memory', { size: 4 * MiB });
+    await f.repl.start('secondary');
+    const { jobRegistry } = await import('../../src/jobs/registry.js');
+    await f.cleanup();
+    assert.ok(f.repl.isClosed && f.local.isClosed);
+    assert.deepEqual(f.registry.list(), []);
+    assert.deepEqual(jobRegistry(f.graph).list({ includeInternal: true }), []);
+  });
+
+  test('while FAILOVER: the commit is cancelled and the node ends in FAILOVER_FAILED, as QEMU does', async () => {
+    const f = await secondaryFixture('memory', { size: 4 * MiB, faultyLocal: true });
+    const { jobRegistry } = await import('../../src/jobs/registry.js');
+    await f.repl.start('secondary');
+    await f.top.write(0, fill(2 * MiB, 0x33));
+    const hold = localFault(f).addRule({ op: 'write', hold: true });
+    await f.repl.stop(true);
+    await hold.waitForHits(1);
+    const commit = jobRegistry(f.graph).get('colo-commit-repl')!;
+    const stages: string[] = [];
+    f.registry.events.on('stage', (e) => stages.push(e.to));
+    f.top.detach();
+    f.localBB.detach();
+    const closing = f.graph.closeAll();
+    await until(() => commit.status === 'aborting', 'close to cancel the commit');
+    // The cancelled job still waits for its copies in flight; let them finish.
+    hold.remove();
+    await closing;
+    assert.deepEqual(stages, ['failover-failed'], 'replication_done with an error');
+    assert.ok(f.repl.isClosed);
+    assert.deepEqual(jobRegistry(f.graph).list({ includeInternal: true }), []);
+    f.factory.cleanup();
+  });
+});
+
 for (const kind of DISK_KINDS) {
   describe(`failover (${kind})`, () => {
     test('commits active and hidden, reports progress, and swaps the secondary disk in', async () => {
