@@ -1,11 +1,12 @@
 /**
- * A QEMU 7.2 COLO secondary driven over QMP, as the checkpoint peer of
- * bench/replication.ts: the layout of the qemu-colo anchor (raw secondary
- * disk, qcow2 hidden and active disks on tmpfs, NBD exports of the secondary
- * disk and of the replication node), filled with qemu-io over NBD, and
- * `xen-colo-do-checkpoint` timed as a QMP round trip.
+ * A QEMU 7.2 COLO secondary driven over QMP: the layout of the qemu-colo
+ * anchor (raw secondary disk, qcow2 hidden and active disks on tmpfs, NBD
+ * exports of the secondary disk and of the replication node), written with
+ * qemu-io over NBD. The peer of bench/replication.ts (checkpoint time) and
+ * of the differential test (same operations, same bytes).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { QmpClient } from '../src/control/qmp-client.js';
@@ -20,6 +21,7 @@ export class QemuSecondary {
     private readonly proc: ChildProcess,
     readonly qmp: QmpClient,
     private readonly nbdSocket: string,
+    private readonly dir: string,
   ) {}
 
   static readonly command = 'qemu-system-x86_64 -M none -nodefaults -display none -qmp unix:<dir>/qemu.qmp,server=on,wait=off';
@@ -40,7 +42,7 @@ export class QemuSecondary {
       proc.kill('SIGKILL');
       throw err;
     }
-    const q = new QemuSecondary(proc, qmp, nbdSocket);
+    const q = new QemuSecondary(proc, qmp, nbdSocket, dir);
     const file = (name: string) => ({ driver: 'file', filename: join(dir, name) });
     await qmp.execute('blockdev-add', { driver: 'raw', 'node-name': 'parent0', file: file('secondary.raw') });
     await qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': 'hidden0', file: file('hidden.qcow2'), backing: 'parent0' });
@@ -54,13 +56,32 @@ export class QemuSecondary {
   }
 
   /** A write as the primary sends it: into the secondary disk's export (copy-before-write fills hidden). */
-  primaryWrite(offset: number, length: number): void {
-    this.qemuIo('parent0', offset, length);
+  primaryWrite(offset: number, length: number, pattern = 0x5a): void {
+    this.qemuIo('parent0', `write -P ${pattern} ${offset} ${length}`);
   }
 
   /** A write of the secondary VM: into the replication node (fills active). */
-  viewWrite(offset: number, length: number): void {
-    this.qemuIo('top', offset, length);
+  viewWrite(offset: number, length: number, pattern = 0x5a): void {
+    this.qemuIo('top', `write -P ${pattern} ${offset} ${length}`);
+  }
+
+  /** The whole content of an export ('parent0': the secondary disk; 'top': the secondary VM's view). */
+  readExport(name: 'parent0' | 'top', tag: string): Buffer {
+    const out = join(this.dir, `${name}-${tag}.raw`);
+    run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', `nbd+unix:///${name}?socket=${this.nbdSocket}`, out]);
+    return readFileSync(out);
+  }
+
+  /** Failover (QMP's error-swallowing form), then waits for the commit's filter to leave the graph. */
+  async failover(): Promise<void> {
+    await this.qmp.execute('xen-set-replication', { enable: false, primary: false, failover: true });
+    // QEMU's commit is an internal job: no event, no query-jobs entry. Poll the graph, as the anchor does.
+    for (let i = 0; i < 10_000; i++) {
+      const nodes = await this.qmp.execute<Array<{ drv: string }>>('query-named-block-nodes');
+      if (!nodes.some((n) => n.drv === 'mirror_top')) return;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    throw new Error('QEMU failover commit did not finish');
   }
 
   /** One `xen-colo-do-checkpoint` QMP round trip, in ms. */
@@ -85,7 +106,7 @@ export class QemuSecondary {
     }
   }
 
-  private qemuIo(exportName: string, offset: number, length: number): void {
-    run('qemu-io', ['-f', 'raw', '-c', `write -P 0x5a ${offset} ${length}`, `nbd+unix:///${exportName}?socket=${this.nbdSocket}`]);
+  private qemuIo(exportName: string, command: string): void {
+    run('qemu-io', ['-f', 'raw', '-c', command, `nbd+unix:///${exportName}?socket=${this.nbdSocket}`]);
   }
 }
