@@ -1,0 +1,69 @@
+/**
+ * The host side of a qcow2 image: byte I/O on the `file` child, with the
+ * vectored write and truncation that a plain file node offers.
+ */
+import { BlockError } from '../../block/errors.js';
+import type { BlockNode } from '../../block/node.js';
+import { FileNode } from '../file.js';
+
+export class ImageFile {
+  constructor(readonly node: BlockNode) {}
+
+  get length(): number {
+    return this.node.size;
+  }
+
+  get path(): string {
+    return this.node.filename;
+  }
+
+  read(offset: number, buf: Buffer): Promise<void> {
+    return this.node.read(offset, buf);
+  }
+
+  write(offset: number, buf: Buffer): Promise<void> {
+    return this.node.write(offset, buf);
+  }
+
+  /** Several buffers at consecutive offsets, in one system call when the child allows it. */
+  writev(offset: number, bufs: Buffer[]): Promise<void> {
+    if (bufs.length === 1) return this.node.write(offset, bufs[0]!);
+    if (this.node instanceof FileNode) return this.node.writev(offset, bufs);
+    return this.writeEach(offset, bufs);
+  }
+
+  sync(): Promise<void> {
+    return this.node.flush();
+  }
+
+  /** Shrinks or grows the file; returns false when the child cannot be resized. */
+  async truncate(length: number): Promise<boolean> {
+    if (this.node instanceof FileNode) {
+      await this.node.truncate(length);
+      return true;
+    }
+    return false;
+  }
+
+  private async writeEach(offset: number, bufs: Buffer[]): Promise<void> {
+    let at = offset;
+    for (const b of bufs) {
+      await this.node.write(at, b);
+      at += b.length;
+    }
+  }
+}
+
+/** Opens a host file as an ImageFile for the library functions (info, check, create). */
+export async function openImageFile(path: string, readOnly: boolean): Promise<ImageFile> {
+  const node = await FileNode.open(path, { readOnly });
+  return new ImageFile(node);
+}
+
+export function closeImageFile(file: ImageFile): Promise<void> {
+  return file.node.close();
+}
+
+export function ioError(message: string): BlockError {
+  return new BlockError('EIO', message);
+}

@@ -1,0 +1,171 @@
+/**
+ * A bounded cache of cluster-sized metadata tables (L2 tables, refcount
+ * blocks), keyed by host offset. Entries are pinned while a request uses
+ * them, so only unpinned ones are evicted (least recently used first); when
+ * every entry is pinned the cache overshoots its bound rather than deadlock.
+ *
+ * Dirtiness is a generation count: a write-back records the generation it
+ * copied and marks the entry clean only if nothing changed since, so a
+ * change made while the copy is being written is never lost.
+ */
+
+export interface CachedTable {
+  readonly offset: number;
+  readonly buf: Buffer;
+  gen: number;
+  cleanGen: number;
+  pins: number;
+  lastUse: number;
+}
+
+export interface TableCacheIo {
+  load(offset: number, buf: Buffer): Promise<void>;
+  /** Writes dirty entries back, in whatever order the metadata rules demand. */
+  writeBack(entries: CachedTable[]): Promise<void>;
+}
+
+export function isDirty(e: CachedTable): boolean {
+  return e.gen !== e.cleanGen;
+}
+
+export class TableCache {
+  private readonly map = new Map<number, CachedTable>();
+  private readonly loads = new Map<number, Promise<CachedTable>>();
+  private tick = 0;
+
+  constructor(readonly tableSize: number, private capacity: number, private readonly io: TableCacheIo) {}
+
+  get size(): number {
+    return this.map.size;
+  }
+
+  get limit(): number {
+    return this.capacity;
+  }
+
+  /** A cached table, or undefined; does not load. */
+  peek(offset: number): CachedTable | undefined {
+    const e = this.map.get(offset);
+    if (e) e.lastUse = ++this.tick;
+    return e;
+  }
+
+  /** The table at `offset`, loaded if needed, pinned until `release`. */
+  acquire(offset: number): CachedTable | Promise<CachedTable> {
+    const e = this.map.get(offset);
+    if (e) {
+      e.lastUse = ++this.tick;
+      e.pins++;
+      return e;
+    }
+    return this.loadPinned(offset);
+  }
+
+  release(e: CachedTable): void {
+    e.pins--;
+  }
+
+  /**
+   * Adds a table that exists only in memory so far (a new L2 table or
+   * refblock); it starts dirty and pinned. The caller makes room first.
+   */
+  insert(offset: number, buf: Buffer): CachedTable {
+    const e: CachedTable = { offset, buf, gen: 1, cleanGen: 0, pins: 1, lastUse: ++this.tick };
+    this.map.set(offset, e);
+    return e;
+  }
+
+  /** Adds a table whose content is already on disk (clean, unpinned). */
+  insertClean(offset: number, buf: Buffer): CachedTable {
+    const e: CachedTable = { offset, buf, gen: 0, cleanGen: 0, pins: 0, lastUse: ++this.tick };
+    this.map.set(offset, e);
+    return e;
+  }
+
+  markDirty(e: CachedTable): void {
+    e.gen++;
+  }
+
+  dirtyEntries(): CachedTable[] {
+    const out: CachedTable[] = [];
+    for (const e of this.map.values()) if (e.gen !== e.cleanGen) out.push(e);
+    return out;
+  }
+
+  hasDirty(): boolean {
+    for (const e of this.map.values()) if (e.gen !== e.cleanGen) return true;
+    return false;
+  }
+
+  /** Drops a table that no longer exists (freed); its content is discarded. */
+  forget(offset: number): void {
+    this.map.delete(offset);
+  }
+
+  /** Drops everything without writing (make-empty rewrites all metadata). */
+  clear(): void {
+    this.map.clear();
+  }
+
+  setCapacity(n: number): void {
+    this.capacity = Math.max(1, n);
+  }
+
+  /** Evicts until there is room for one more entry (or nothing evictable is left). */
+  async makeRoom(): Promise<void> {
+    while (this.map.size >= this.capacity) {
+      const victim = this.victim();
+      if (!victim) return;
+      if (victim.gen !== victim.cleanGen) {
+        await this.io.writeBack([victim]);
+        if (victim.gen !== victim.cleanGen || victim.pins > 0) continue;
+      }
+      if (this.map.get(victim.offset) === victim) this.map.delete(victim.offset);
+    }
+  }
+
+  private victim(): CachedTable | null {
+    let best: CachedTable | null = null;
+    let bestClean: CachedTable | null = null;
+    for (const e of this.map.values()) {
+      if (e.pins > 0) continue;
+      if (e.gen === e.cleanGen) {
+        if (!bestClean || e.lastUse < bestClean.lastUse) bestClean = e;
+      } else if (!best || e.lastUse < best.lastUse) {
+        best = e;
+      }
+    }
+    return bestClean ?? best;
+  }
+
+  private async loadPinned(offset: number): Promise<CachedTable> {
+    for (;;) {
+      let p = this.loads.get(offset);
+      if (!p) {
+        p = this.load(offset);
+        this.loads.set(offset, p);
+        const done = (): void => { this.loads.delete(offset); };
+        p.then(done, done);
+      }
+      await p;
+      // Another request may have evicted it between the load and this continuation.
+      const e = this.map.get(offset);
+      if (e) {
+        e.pins++;
+        e.lastUse = ++this.tick;
+        return e;
+      }
+    }
+  }
+
+  private async load(offset: number): Promise<CachedTable> {
+    await this.makeRoom();
+    const existing = this.map.get(offset);
+    if (existing) return existing;
+    const buf = Buffer.allocUnsafe(this.tableSize);
+    await this.io.load(offset, buf);
+    const again = this.map.get(offset);
+    if (again) return again;
+    return this.insertClean(offset, buf);
+  }
+}
