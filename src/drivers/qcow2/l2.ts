@@ -69,7 +69,8 @@ export class L2Tables {
     if (off % this.clusterSize !== 0) {
       throw this.host.corruption(`L2 table offset 0x${off.toString(16)} unaligned (L1 index: ${l1Index})`);
     }
-    if (off >= this.host.file.length) {
+    // Tables created since the last write-back exist only in the cache, below the high-water mark.
+    if (off >= this.host.refcounts.highWater) {
       throw this.host.corruption(`L2 table offset 0x${off.toString(16)} (L1 index: ${l1Index}) is past the end of the image file`);
     }
     return off;

@@ -110,7 +110,7 @@ export class Refcounts {
   private blockOffset(index: number): number {
     const off = this.rt[index]!;
     if (off < 0) throw this.host.corruption(`refcount table entry ${index} is invalid (reserved bits, misaligned, or overlapping other metadata)`);
-    if (off > 0 && off >= this.host.file.length) {
+    if (off > 0 && off >= this.highWater) {
       throw this.host.corruption(`refblock offset 0x${off.toString(16)} (reftable index ${index}) is past the end of the image file`);
     }
     return off;
