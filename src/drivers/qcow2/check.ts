@@ -133,7 +133,10 @@ class Checker {
     if (index * 8 >= this.reftable.length) return null;
     const lo = this.reftable.readUInt32BE(index * 8 + 4);
     const off = entryOffset(this.reftable.readUInt32BE(index * 8), lo);
-    if (off === 0 || reftableReservedBits(lo) || off % this.cs !== 0) return null;
+    if (off === 0) return null;
+    // Like QEMU, reserved bits are masked off here (they are reported by
+    // checkRefblocks); an unaligned refblock makes the refcount unreadable.
+    if (off % this.cs !== 0) throw new BlockError('EIO', 'Input/output error');
     let buf = this.blocks.get(off);
     if (!buf) {
       buf = await this.readTable(off, this.cs);
@@ -380,7 +383,14 @@ class Checker {
     const limit = Math.max(n, this.countedLength);
     for (let k = 0; k < limit; k++) {
       if (k >= n && this.counted(k) === 0) continue;
-      const disk = await this.diskRefcount(k);
+      let disk: number;
+      try {
+        disk = await this.diskRefcount(k);
+      } catch (err) {
+        this.msg(`Can't get refcount for cluster ${k}: ${(err as Error).message}`);
+        this.res.checkErrors++;
+        continue;
+      }
       const counted = this.counted(k);
       if (disk > 0 || counted > 0) highest = k;
       if (disk === counted) continue;
@@ -564,7 +574,7 @@ async function checkPass(file: ImageFile, fix: number): Promise<Qcow2CheckResult
         return res;
       }
       if (res.leaks || res.corruptions) {
-        Object.assign(res, pre, { messages: pre.messages });
+        Object.assign(res, { ...pre, messages: res.messages });
         const again = await ck.compare(fix);
         highest = again.highest;
       }
