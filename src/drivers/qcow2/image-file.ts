@@ -7,7 +7,12 @@ import type { BlockNode } from '../../block/node.js';
 import { FileNode } from '../file.js';
 
 export class ImageFile {
-  constructor(readonly node: BlockNode) {}
+  /** The plain file under the image, when it is one: its lean I/O methods skip a layer of promises. */
+  private readonly host: FileNode | null;
+
+  constructor(readonly node: BlockNode) {
+    this.host = node instanceof FileNode ? node : null;
+  }
 
   get length(): number {
     return this.node.size;
@@ -18,17 +23,19 @@ export class ImageFile {
   }
 
   read(offset: number, buf: Buffer): Promise<void> {
+    if (this.host && buf.length > 0) return this.host.pread(buf, offset);
     return this.node.read(offset, buf);
   }
 
   write(offset: number, buf: Buffer): Promise<void> {
+    if (this.host && buf.length > 0) return this.host.pwrite(buf, offset);
     return this.node.write(offset, buf);
   }
 
   /** Several buffers at consecutive offsets, in one system call when the child allows it. */
   writev(offset: number, bufs: Buffer[]): Promise<void> {
     if (bufs.length === 1) return this.node.write(offset, bufs[0]!);
-    if (this.node instanceof FileNode) return this.node.writev(offset, bufs);
+    if (this.host) return this.host.writev(offset, bufs);
     return this.writeEach(offset, bufs);
   }
 

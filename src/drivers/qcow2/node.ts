@@ -11,7 +11,7 @@ import { makeEmptyLocked } from './make-empty.js';
 import { readRange } from './read.js';
 import type { Qcow2State } from './state.js';
 import { blockStatusOf } from './status.js';
-import { writeLocked } from './write.js';
+import { inPlaceHost, writeLocked } from './write.js';
 import { discardLocked, writeZeroesLocked } from './zero.js';
 
 export class Qcow2Node extends BlockNode implements Qcow2Io {
@@ -58,9 +58,40 @@ export class Qcow2Node extends BlockNode implements Qcow2Io {
     }
   }
 
-  protected async doWrite(offset: number, buf: Buffer, flags: number): Promise<void> {
-    this.state.checkWritable();
-    const got = this.lockRange(offset, buf.length, 'exclusive');
+  protected doWrite(offset: number, buf: Buffer, flags: number): Promise<void> {
+    const st = this.state;
+    const cs = st.clusterSize;
+    const c = Math.floor(offset / cs);
+    // Fast path: a write inside one allocated cluster whose table is cached
+    // needs no metadata and no await before the data write.
+    if (!st.broken && !(flags & Req.FUA) && Math.floor((offset + buf.length - 1) / cs) === c) {
+      const guard = this.locks.tryAcquire(c, c + 1, 'exclusive');
+      if (guard) {
+        let host: number;
+        try {
+          host = inPlaceHost(this, c);
+        } catch (err) {
+          guard.release();
+          return Promise.reject(err);
+        }
+        if (host >= 0) {
+          return st.file.write(host + (offset - c * cs), buf).then(
+            () => { guard.release(); st.dataSinceSync = true; },
+            (err: unknown) => { guard.release(); throw err; },
+          );
+        }
+        return this.writeSlow(offset, buf, flags, guard);
+      }
+    }
+    return this.writeSlow(offset, buf, flags, null);
+  }
+
+  private async writeSlow(offset: number, buf: Buffer, flags: number, held: RangeLockGuard | null): Promise<void> {
+    if (this.state.broken) {
+      held?.release();
+      this.state.checkWritable();
+    }
+    const got = held ?? this.lockRange(offset, buf.length, 'exclusive');
     const guard = got instanceof Promise ? await got : got;
     try {
       await writeLocked(this, offset, buf);

@@ -40,6 +40,25 @@ export async function writeLocked(io: Qcow2Io, offset: number, buf: Buffer): Pro
   st.dataSinceSync = true;
 }
 
+/**
+ * The host offset of guest cluster `c` when a write can go in place without
+ * waiting for anything (table cached, NORMAL and COPIED), else -1.
+ */
+export function inPlaceHost(io: Qcow2Io, c: number): number {
+  const st = io.state;
+  const l2e = st.l2.l2Entries;
+  const l1i = Math.floor(c / l2e);
+  const off = st.l2.tableOffset(l1i);
+  if (off === 0 || !st.l2.isCopied(l1i)) return -1;
+  const t = st.l2.cache.peek(off);
+  if (!t) return -1;
+  const i = c - l1i * l2e;
+  const hi = readHi(t.buf, i);
+  const lo = readLo(t.buf, i);
+  if (!(hi & L2_COPIED_HI) || l2Type(hi, lo) !== ClusterType.NORMAL) return -1;
+  return hostCluster(io, hi, lo, c);
+}
+
 function needsAllocation(hi: number, lo: number): boolean {
   const t = l2Type(hi, lo);
   if (hi & L2_COPIED_HI) return t !== ClusterType.NORMAL && t !== ClusterType.ZERO_ALLOC;
@@ -101,19 +120,23 @@ async function writeInTable(
     const parts: Buffer[] = [];
     let writeAt = host;
     try {
-      if (inC > 0) {
+      const virginFirst = alloc.start >= alloc.virginFrom;
+      const virginLast = alloc.start + count - 1 >= alloc.virginFrom;
+      if (inC > 0 && !(virginFirst && cowIsZero(io, t, i, guestCluster))) {
         const head = Buffer.allocUnsafe(inC);
         const zero = await cowFill(io, t, i, guestCluster, 0, head);
-        if (zero && alloc.start >= alloc.virginFrom) writeAt = host + inC;
+        if (zero && virginFirst) writeAt = host + inC;
         else parts.push(head);
+      } else if (inC > 0) {
+        writeAt = host + inC;
       }
       parts.push(buf.subarray(pos - offset, runEnd - offset));
       const last = guestCluster + count - 1;
       const tailFrom = runEnd - last * cs;
-      if (tailFrom < cs) {
+      if (tailFrom < cs && !(virginLast && cowIsZero(io, t, i + count - 1, last))) {
         const tail = Buffer.allocUnsafe(cs - tailFrom);
         const zero = await cowFill(io, t, i + count - 1, last, tailFrom, tail);
-        if (!zero || alloc.start + count - 1 < alloc.virginFrom) parts.push(tail);
+        if (!zero || !virginLast) parts.push(tail);
       }
       await st.file.writev(writeAt, parts);
     } catch (err) {
@@ -130,6 +153,13 @@ async function writeInTable(
     i += count;
   }
   return pos;
+}
+
+/** Whether reads of a guest cluster (entry `i` of table `t`) certainly see zeroes, without reading anything. */
+function cowIsZero(io: Qcow2Io, t: CachedTable, i: number, guestCluster: number): boolean {
+  const type = l2Type(readHi(t.buf, i), readLo(t.buf, i));
+  if (type === ClusterType.ZERO_PLAIN || type === ClusterType.ZERO_ALLOC) return true;
+  return type === ClusterType.UNALLOCATED && backingIsZero(io, guestCluster * io.state.clusterSize);
 }
 
 /**
