@@ -14,7 +14,7 @@
  */
 import { BlockError } from '../../block/errors.js';
 import { rootLogger, type Logger } from '../../util/log.js';
-import { Incompat, divRoundUp, entryOffset, readHi, readLo, l1ReservedBits, MAX_L1_BYTES, MAX_REFTABLE_BYTES } from './format.js';
+import { Ext, Incompat, divRoundUp, entryOffset, readHi, readLo, l1ReservedBits, MAX_L1_BYTES, MAX_REFTABLE_BYTES } from './format.js';
 import { HeaderField, checkOpenable, parseFixedHeader, parseHeader, type Qcow2Header } from './header.js';
 import type { ImageFile } from './image-file.js';
 import { L2Tables, type L2Host } from './l2.js';
@@ -124,6 +124,11 @@ export class Qcow2State implements RefcountHost, L2Host {
     await file.read(header.refcountTableOffset, reftable);
     const state = new Qcow2State(file, header, readOnly, l1, reftable, caches);
     if (!readOnly && header.version === 3 && header.autoclear !== 0n) {
+      if (header.extensions.some((e) => e.type === Ext.BITMAPS)) {
+        state.log.warn('qcow2_bitmaps_dropped', {
+          message: 'persistent dirty bitmaps are not maintained by colo-blk; QEMU will consider them inconsistent and their clusters leaked',
+        });
+      }
       // We maintain no autoclear feature (bitmaps): clearing the bits tells
       // QEMU that whatever they describe may be stale after our writes.
       header.autoclear = 0n;
