@@ -121,3 +121,18 @@ test('an overlay created by colo-blk without a backing name, emptied while linke
   assert.equal((await readQcow2Info(active)).backingFile, undefined);
   dir.cleanup();
 });
+
+test('concurrent make-empty calls take turns', async () => {
+  const dir = tempDir();
+  const { top } = await chain(dir);
+  const { graph, node } = await openImage(top);
+  await node.write(0, Buffer.alloc(MiB, 1));
+  const a = node.makeEmpty();
+  const w = node.write(2 * MiB, Buffer.alloc(64 * KiB, 2));
+  const b = node.makeEmpty();
+  await Promise.all([a, w, b]);
+  assertSameBytes(await readAll(node, 0, 4 * MiB), Buffer.alloc(4 * MiB, 0x3c), 'everything emptied');
+  await graph.closeAll();
+  await assertQemuCheckClean(top);
+  dir.cleanup();
+});

@@ -8,6 +8,7 @@ import { RangeLock, type RangeLockGuard } from '../../block/range-lock.js';
 import { CompressedReader } from './compressed.js';
 import type { Qcow2Io, Qcow2RuntimeOptions } from './context.js';
 import { makeEmptyLocked } from './make-empty.js';
+import { Mutex } from './mutex.js';
 import { readRange } from './read.js';
 import type { Qcow2State } from './state.js';
 import { blockStatusOf } from './status.js';
@@ -17,6 +18,7 @@ import { discardLocked, writeZeroesLocked } from './zero.js';
 export class Qcow2Node extends BlockNode implements Qcow2Io {
   readonly driver = 'qcow2';
   readonly locks = new RangeLock();
+  private readonly emptying = new Mutex();
   readonly compressed: CompressedReader;
 
   constructor(
@@ -132,12 +134,24 @@ export class Qcow2Node extends BlockNode implements Qcow2Io {
     return blockStatusOf(this, offset, length);
   }
 
-  protected override async doMakeEmpty(): Promise<void> {
-    await this.quiesce();
+  protected override doMakeEmpty(): Promise<void> {
+    // make-empty is not a tracked request, so quiescing alone would let two
+    // of them overlap: they take turns. The uncontended case quiesces
+    // synchronously, so requests issued after the call wait for it.
+    if (this.emptying.tryLock()) return this.emptyHoldingLock();
+    return this.emptying.lock().then(() => this.emptyHoldingLock());
+  }
+
+  private async emptyHoldingLock(): Promise<void> {
     try {
-      await makeEmptyLocked(this);
+      await this.quiesce();
+      try {
+        await makeEmptyLocked(this);
+      } finally {
+        this.resume();
+      }
     } finally {
-      this.resume();
+      this.emptying.unlock();
     }
   }
 
