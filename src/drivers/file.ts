@@ -104,18 +104,24 @@ export class FileNode extends BlockNode {
    * path), where the extra promise layers cost more than the system call.
    */
   pwrite(buf: Buffer, position: number): Promise<void> {
-    if (this.fd < 0) return Promise.reject(new BlockError('ENOMEDIUM', `node ${this.nodeName} is closed`));
-    return new Promise((resolve, reject) => {
-      fs.write(this.fd, buf, 0, buf.length, position, (err, n) => {
-        if (err) {
-          reject(BlockError.from(err, `write on ${this.path} failed`));
-        } else if (n < buf.length) {
-          this.doWrite(position + n, buf.subarray(n), 0).then(resolve, reject);
-        } else {
-          if (position + n > this.length) this.length = position + n;
-          resolve();
-        }
-      });
+    return new Promise((resolve, reject) => this.pwriteCallback(buf, position, (err) => (err ? reject(err) : resolve())));
+  }
+
+  /** `pwrite` with a completion callback, for callers that would only wrap the promise again. */
+  pwriteCallback(buf: Buffer, position: number, done: (err: BlockError | null) => void): void {
+    if (this.fd < 0) {
+      done(new BlockError('ENOMEDIUM', `node ${this.nodeName} is closed`));
+      return;
+    }
+    fs.write(this.fd, buf, 0, buf.length, position, (err, n) => {
+      if (err) {
+        done(BlockError.from(err, `write on ${this.path} failed`));
+      } else if (n < buf.length) {
+        this.doWrite(position + n, buf.subarray(n), 0).then(() => done(null), (e: unknown) => done(BlockError.from(e, 'write')));
+      } else {
+        if (position + n > this.length) this.length = position + n;
+        done(null);
+      }
     });
   }
 

@@ -77,10 +77,17 @@ export class Qcow2Node extends BlockNode implements Qcow2Io {
           return Promise.reject(err);
         }
         if (host >= 0) {
-          return st.file.write(host + (offset - c * cs), buf).then(
-            () => { guard.release(); st.dataSinceSync = true; },
-            (err: unknown) => { guard.release(); throw err; },
-          );
+          return new Promise((resolve, reject) => {
+            st.file.writeCallback(host + (offset - c * cs), buf, (err) => {
+              guard.release();
+              if (err) {
+                reject(err);
+              } else {
+                st.dataSinceSync = true;
+                resolve();
+              }
+            });
+          });
         }
         return this.writeSlow(offset, buf, flags, guard);
       }
