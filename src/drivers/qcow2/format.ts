@@ -173,11 +173,6 @@ export function setRefcount(block: Buffer, index: number, order: number, value: 
   }
 }
 
-/** The largest refcount an entry of 2^order bits holds (capped to a safe integer). */
-export function maxRefcount(order: number): number {
-  return order >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** (1 << order) - 1;
-}
-
 export function isPowerOfTwo(n: number): boolean {
   return n > 0 && (n & (n - 1)) === 0;
 }

@@ -2,7 +2,6 @@
  * The host side of a qcow2 image: byte I/O on the `file` child, with the
  * vectored write and truncation that a plain file node offers.
  */
-import { BlockError } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { FileNode } from '../file.js';
 
@@ -75,8 +74,4 @@ export async function openImageFile(path: string, readOnly: boolean): Promise<Im
 
 export function closeImageFile(file: ImageFile): Promise<void> {
   return file.node.close();
-}
-
-export function ioError(message: string): BlockError {
-  return new BlockError('EIO', message);
 }

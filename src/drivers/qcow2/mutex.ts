@@ -30,13 +30,4 @@ export class Mutex {
     if (next) next();
     else this.locked = false;
   }
-
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    await this.lock();
-    try {
-      return await fn();
-    } finally {
-      this.unlock();
-    }
-  }
 }

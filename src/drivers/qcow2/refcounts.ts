@@ -13,7 +13,7 @@
  */
 import { BlockError } from '../../block/errors.js';
 import { Mutex } from './mutex.js';
-import { MAX_REFTABLE_BYTES, getRefcount, maxRefcount, reftableReservedBits, setRefcount, writeEntry, entryOffset } from './format.js';
+import { MAX_REFTABLE_BYTES, getRefcount, reftableReservedBits, setRefcount, writeEntry, entryOffset } from './format.js';
 import type { ImageFile } from './image-file.js';
 import type { MetadataMap } from './metadata-map.js';
 import { TableCache, type CachedTable } from './table-cache.js';
@@ -65,7 +65,6 @@ export class Refcounts {
   /** Bytes of the file that may hold old data; clusters past it read as zeroes. */
   highWater: number;
   private pendingFrees: number[] = [];
-  private readonly max: number;
 
   constructor(private readonly host: RefcountHost, layout: RefcountLayout) {
     this.order = layout.order;
@@ -76,7 +75,6 @@ export class Refcounts {
     this.rtBuf = layout.reftable;
     this.rt = Refcounts.decode(layout.reftable, this.clusterSize);
     this.highWater = layout.fileLength;
-    this.max = maxRefcount(layout.order);
     this.cache = new TableCache(this.clusterSize, layout.cacheEntries, {
       load: (offset, buf) => this.host.file.read(offset, buf),
       writeBack: (entries) => this.host.writeBackRefblocks(entries),
@@ -318,22 +316,6 @@ export class Refcounts {
       }
     } finally {
       this.lock.unlock();
-    }
-  }
-
-  /** Raises a refcount (used by repair); throws on overflow. */
-  async increment(cluster: number): Promise<void> {
-    const index = Math.floor(cluster / this.entriesPerBlock);
-    const off = this.blockOffset(index);
-    const e = await this.cache.acquire(off);
-    try {
-      const i = cluster - index * this.entriesPerBlock;
-      const v = getRefcount(e.buf, i, this.order);
-      if (v >= this.max) throw new BlockError('EIO', `refcount overflow on cluster ${cluster}`);
-      setRefcount(e.buf, i, this.order, v + 1);
-      this.cache.markDirty(e);
-    } finally {
-      this.cache.release(e);
     }
   }
 

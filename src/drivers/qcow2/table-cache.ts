@@ -24,10 +24,6 @@ export interface TableCacheIo {
   writeBack(entries: CachedTable[]): Promise<void>;
 }
 
-export function isDirty(e: CachedTable): boolean {
-  return e.gen !== e.cleanGen;
-}
-
 export class TableCache {
   private readonly map = new Map<number, CachedTable>();
   private readonly loads = new Map<number, Promise<CachedTable>>();
@@ -37,10 +33,6 @@ export class TableCache {
 
   get size(): number {
     return this.map.size;
-  }
-
-  get limit(): number {
-    return this.capacity;
   }
 
   /** A cached table, or undefined; does not load. */
@@ -105,10 +97,6 @@ export class TableCache {
   /** Drops everything without writing (make-empty rewrites all metadata). */
   clear(): void {
     this.map.clear();
-  }
-
-  setCapacity(n: number): void {
-    this.capacity = Math.max(1, n);
   }
 
   /** Evicts until there is room for one more entry (or nothing evictable is left). */
