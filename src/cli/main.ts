@@ -17,8 +17,10 @@ commands:
 `;
 
 async function main(argv: string[]): Promise<number> {
-  const [command] = argv;
+  const [command, ...rest] = argv;
   switch (command) {
+    case 'io':
+      return (await import('./io.js')).ioMain(rest);
     case undefined:
     case 'help':
     case '--help':

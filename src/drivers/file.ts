@@ -5,7 +5,7 @@
  * which is what a format driver allocating clusters needs.
  */
 import * as fs from 'node:fs';
-import { BlockError } from '../block/errors.js';
+import { BlockError, strerror } from '../block/errors.js';
 import type { DriverDefinition, OpenContext } from '../block/graph.js';
 import { BlockNode, Req, Status, type BlockStatus } from '../block/node.js';
 
@@ -53,11 +53,9 @@ export class FileNode extends BlockNode {
       fd = await new Promise<number>((resolve, reject) =>
         fs.open(path, readOnly ? 'r' : 'r+', (err, f) => (err ? reject(err) : resolve(f))));
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      const text = code === 'ENOENT' ? 'No such file or directory'
-        : code === 'EACCES' ? 'Permission denied'
-          : code === 'EISDIR' ? 'Is a directory' : (err as Error).message;
-      throw new BlockError(BlockError.from(err, 'open').code, `Could not open '${path}': ${text}`, { cause: err });
+      const code = BlockError.from(err, 'open').code;
+      const text = (err as NodeJS.ErrnoException).code === 'EISDIR' ? 'Is a directory' : strerror(code);
+      throw new BlockError(code, `Could not open '${path}': ${text}`, { cause: err });
     }
     const st = fs.fstatSync(fd);
     return new FileNode(opts.nodeName, readOnly, fd, path, st.size);

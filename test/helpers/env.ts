@@ -4,7 +4,7 @@
  * a message naming the Debian package `.ci/run` should have installed.
  */
 import { spawn, spawnSync, type SpawnOptions } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -106,4 +106,11 @@ export function patternBuffer(length: number, seed: number): Buffer {
   }
   for (let i = length & ~3; i < length; i++) buf[i] = i & 0xff;
   return buf;
+}
+
+/** Creates (or resets) a sparse raw file of `size` bytes. */
+export function sparseFile(path: string, size: number): string {
+  writeFileSync(path, '');
+  truncateSync(path, size);
+  return path;
 }
