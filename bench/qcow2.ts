@@ -9,11 +9,12 @@
  * FUA, no flush until the timed loop is over. Write buffers are zeroes,
  * qemu-img bench's default pattern (neither side detects zeroes).
  *
- * Run alone: `node dist/bench/qcow2.js [--quick]`.
+ * Run alone: `node dist/bench/qcow2.js [--quick]` (it sets UV_THREADPOOL_SIZE to the
+ * number of CPUs, at least 2, unless the environment already does).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
@@ -186,8 +187,25 @@ export function formatRows(rows: BenchRow[]): string {
   return lines.join('\n');
 }
 
+/**
+ * libuv's pool (4 threads unless UV_THREADPOOL_SIZE says otherwise) carries
+ * every file request; its size is fixed when the pool starts, which an ES
+ * module cannot precede, so the standalone run re-executes itself with it set.
+ */
+function poolSizeForThisHost(): number {
+  return Math.min(64, Math.max(2, availableParallelism()));
+}
+
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  if (process.env.UV_THREADPOOL_SIZE === undefined) {
+    const r = spawnSync(process.execPath, process.argv.slice(1), {
+      stdio: 'inherit',
+      env: { ...process.env, UV_THREADPOOL_SIZE: String(poolSizeForThisHost()) },
+    });
+    process.exit(r.status ?? 1);
+  }
   const quick = process.argv.includes('--quick');
+  process.stdout.write(`UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE}\n`);
   const rows = await runQcow2Bench(quick ? { smallCount: 5000, largeCount: 300 } : {});
   process.stdout.write(`${formatRows(rows)}\n`);
 }
