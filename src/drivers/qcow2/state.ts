@@ -242,7 +242,7 @@ export class Qcow2State implements RefcountHost, L2Host {
     const reftable = this.refcounts.takeDirtyReftable();
     try {
       await this.writeCopies(copies);
-      blocks.forEach((e, i) => { if (e.cleanGen < gens[i]!) e.cleanGen = gens[i]!; });
+      blocks.forEach((e, i) => this.refcounts.cache.markWritten(e, gens[i]!));
       await this.sync();
       if (reftable.length > 0) {
         await this.writeCopies(reftable);
@@ -259,7 +259,7 @@ export class Qcow2State implements RefcountHost, L2Host {
     try {
       const gens = entries.map((e) => e.gen);
       await this.writeCopies(entries.map((e) => ({ offset: e.offset, data: Buffer.from(e.buf) })));
-      entries.forEach((e, i) => { if (e.cleanGen < gens[i]!) e.cleanGen = gens[i]!; });
+      entries.forEach((e, i) => this.refcounts.cache.markWritten(e, gens[i]!));
     } finally {
       this.writeback.unlock();
     }
@@ -272,7 +272,7 @@ export class Qcow2State implements RefcountHost, L2Host {
       const copies = entries.map((e) => ({ offset: e.offset, data: Buffer.from(e.buf) }));
       await this.writeRefcountsLocked();
       await this.writeCopies(copies);
-      entries.forEach((e, i) => { if (e.cleanGen < gens[i]!) e.cleanGen = gens[i]!; });
+      entries.forEach((e, i) => this.l2.cache.markWritten(e, gens[i]!));
     } finally {
       this.writeback.unlock();
     }
@@ -316,7 +316,7 @@ export class Qcow2State implements RefcountHost, L2Host {
       await this.writeRefcountsLocked();
       if (l2Copies.length > 0) {
         await this.writeCopies(l2Copies);
-        l2.forEach((e, i) => { if (e.cleanGen < l2Gens[i]!) e.cleanGen = l2Gens[i]!; });
+        l2.forEach((e, i) => this.l2.cache.markWritten(e, l2Gens[i]!));
         await this.sync();
       }
       if (l1.length > 0) {

@@ -27,6 +27,8 @@ export interface TableCacheIo {
 export class TableCache {
   private readonly map = new Map<number, CachedTable>();
   private readonly loads = new Map<number, Promise<CachedTable>>();
+  /** Entries whose generation is ahead of what is on disk (kept so flushes need not scan the cache). */
+  private readonly dirty = new Set<CachedTable>();
   private tick = 0;
 
   constructor(readonly tableSize: number, private capacity: number, private readonly io: TableCacheIo) {}
@@ -64,6 +66,7 @@ export class TableCache {
   insert(offset: number, buf: Buffer): CachedTable {
     const e: CachedTable = { offset, buf, gen: 1, cleanGen: 0, pins: 1, lastUse: ++this.tick };
     this.map.set(offset, e);
+    this.dirty.add(e);
     return e;
   }
 
@@ -76,27 +79,34 @@ export class TableCache {
 
   markDirty(e: CachedTable): void {
     e.gen++;
+    this.dirty.add(e);
+  }
+
+  /** Records that generation `gen` of the entry reached the disk. */
+  markWritten(e: CachedTable, gen: number): void {
+    if (e.cleanGen < gen) e.cleanGen = gen;
+    if (e.cleanGen === e.gen) this.dirty.delete(e);
   }
 
   dirtyEntries(): CachedTable[] {
-    const out: CachedTable[] = [];
-    for (const e of this.map.values()) if (e.gen !== e.cleanGen) out.push(e);
-    return out;
+    return [...this.dirty];
   }
 
   hasDirty(): boolean {
-    for (const e of this.map.values()) if (e.gen !== e.cleanGen) return true;
-    return false;
+    return this.dirty.size > 0;
   }
 
   /** Drops a table that no longer exists (freed); its content is discarded. */
   forget(offset: number): void {
+    const e = this.map.get(offset);
+    if (e) this.dirty.delete(e);
     this.map.delete(offset);
   }
 
   /** Drops everything without writing (make-empty rewrites all metadata). */
   clear(): void {
     this.map.clear();
+    this.dirty.clear();
   }
 
   /** Evicts until there is room for one more entry (or nothing evictable is left). */
