@@ -31,10 +31,17 @@ export async function blockStatusOf(io: Qcow2Io, offset: number, length: number)
     const l1i = Math.floor(c / l2e);
     const got = st.l2.acquire(l1i);
     const table = got instanceof Promise ? await got : got;
+    if (!table) {
+      // No L2 table: the whole range it would map is unallocated.
+      if (type !== null && type !== ClusterType.UNALLOCATED) break;
+      type = ClusterType.UNALLOCATED;
+      c = (l1i + 1) * l2e;
+      continue;
+    }
     try {
       for (let i = c - l1i * l2e; i < l2e && c * cs < end; i++, c++) {
-        const hi = table ? readHi(table.buf, i) : 0;
-        const lo = table ? readLo(table.buf, i) : 0;
+        const hi = readHi(table.buf, i);
+        const lo = readLo(table.buf, i);
         const t = l2Type(hi, lo);
         if (type === null) {
           type = t;
@@ -47,7 +54,7 @@ export async function blockStatusOf(io: Qcow2Io, offset: number, length: number)
         }
       }
     } finally {
-      if (table) st.l2.cache.release(table);
+      st.l2.cache.release(table);
     }
   }
   const flags = flagsOf(type ?? ClusterType.UNALLOCATED);
