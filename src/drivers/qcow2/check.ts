@@ -5,10 +5,10 @@
  * and like qemu-img the image is then checked again.
  */
 import { BlockError } from '../../block/errors.js';
-import { Incompat } from './format.js';
+import { Ext, Incompat, KNOWN_INCOMPAT } from './format.js';
 import { Checker, FIX_ERRORS, FIX_LEAKS, newResult } from './check-refs.js';
 import { rebuildRefcountStructure } from './check-rebuild.js';
-import type { Qcow2Header } from './header.js';
+import { incompatNames, type Qcow2Header } from './header.js';
 import { ImageFile, closeImageFile, openImageFile } from './image-file.js';
 import { readHeader } from './state.js';
 
@@ -26,12 +26,25 @@ export interface Qcow2CheckResult {
   messages: string[];
 }
 
+/** Refuses images whose references this checker cannot enumerate (it would misreport them). */
+function checkCheckable(h: Qcow2Header): void {
+  const unknown = h.incompatible & ~BigInt(KNOWN_INCOMPAT);
+  if (unknown !== 0n) throw new BlockError('ENOTSUP', `Unsupported qcow2 feature(s): ${incompatNames(h, unknown)}`);
+  if (h.incompatible & BigInt(Incompat.EXTL2)) throw new BlockError('ENOTSUP', 'checking images with extended L2 entries is not supported');
+  if (h.incompatible & BigInt(Incompat.DATA_FILE)) throw new BlockError('ENOTSUP', 'checking images with an external data file is not supported');
+  if (h.cryptMethod !== 0 || h.extensions.some((e) => e.type === Ext.CRYPTO)) {
+    throw new BlockError('ENOTSUP', 'checking encrypted images is not supported');
+  }
+  if (h.refcountOrder > 6) throw new BlockError('EINVAL', 'Reference count entry width too large; may not exceed 64 bits');
+}
+
 /** One check pass over an open image file (QEMU's qcow2_check_refcounts + check_oflag_copied). */
 async function checkPass(file: ImageFile, fix: number): Promise<Qcow2CheckResult> {
   const res = newResult();
   let h: Qcow2Header;
   try {
     h = await readHeader(file);
+    checkCheckable(h);
   } catch (err) {
     res.checkErrors++;
     res.messages.push(`ERROR: ${(err as Error).message}`);
