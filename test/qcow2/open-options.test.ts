@@ -70,6 +70,12 @@ test('blockdev options: QEMU qcow2 options are accepted, unknown and unsupported
     'pass-discard-other': false, 'cache-clean-interval': 600,
   });
   await node.write(0, Buffer.alloc(64 * KiB, 1));
+  const info = node.info();
+  assert.equal(info.drv, 'qcow2');
+  assert.deepEqual((info.image as Record<string, unknown>)['format-specific'], {
+    type: 'qcow2',
+    data: { compat: '1.1', 'refcount-bits': 16, 'compression-type': 'zlib', 'lazy-refcounts': false, corrupt: false, 'extended-l2': false },
+  });
   // discard-no-unref keeps the host cluster: it reads as zero but stays allocated.
   await node.discard(0, 64 * KiB);
   const st = await node.blockStatus(0, 64 * KiB);

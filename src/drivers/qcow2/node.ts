@@ -3,7 +3,8 @@
  * (shared for reads, exclusive for writes, zeroes and discards), then the
  * request paths in read.ts, write.ts, zero.ts and status.ts.
  */
-import { BlockNode, Req, type BlockStatus } from '../../block/node.js';
+import { BlockNode, Req, type BlockStatus, type NodeInfo } from '../../block/node.js';
+import { Compat, Incompat } from './format.js';
 import { RangeLock, type RangeLockGuard } from '../../block/range-lock.js';
 import { CompressedReader } from './compressed.js';
 import type { Qcow2Io, Qcow2RuntimeOptions } from './context.js';
@@ -160,6 +161,32 @@ export class Qcow2Node extends BlockNode implements Qcow2Io {
     } finally {
       this.emptying.unlock();
     }
+  }
+
+  /** QEMU's ImageInfo additions for qcow2 (query-named-block-nodes, query-block). */
+  override info(): NodeInfo {
+    const info = super.info();
+    const h = this.state.header;
+    const data: Record<string, unknown> = {
+      compat: h.version === 3 ? '1.1' : '0.10',
+      'refcount-bits': 1 << h.refcountOrder,
+    };
+    if (h.version === 3) {
+      Object.assign(data, {
+        'compression-type': 'zlib',
+        'lazy-refcounts': (h.compatible & BigInt(Compat.LAZY_REFCOUNTS)) !== 0n,
+        corrupt: this.state.broken || (h.incompatible & BigInt(Incompat.CORRUPT)) !== 0n,
+        'extended-l2': false,
+      });
+    }
+    Object.assign(info.image, {
+      'cluster-size': this.state.clusterSize,
+      'dirty-flag': (h.incompatible & BigInt(Incompat.DIRTY)) !== 0n,
+      'format-specific': { type: 'qcow2', data },
+    });
+    if (h.backingFile !== undefined) Object.assign(info.image, { 'full-backing-filename': info.image['backing-filename'] ?? h.backingFile });
+    if (h.backingFormat !== undefined) Object.assign(info.image, { 'backing-filename-format': h.backingFormat });
+    return info;
   }
 
   protected override async doClose(): Promise<void> {
