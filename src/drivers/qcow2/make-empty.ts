@@ -95,7 +95,7 @@ async function fastEmpty(io: Qcow2Io): Promise<boolean> {
     st.meta.add(1, 1, 'refcount table');
     st.meta.add(2, 1, 'refcount block');
     st.meta.add(3, l1Clusters, 'active L1 table');
-    st.dataSinceSync = false;
+    st.unsyncedWrites = false;
     return true;
   } finally {
     st.refcounts.lock.unlock();

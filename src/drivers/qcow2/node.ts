@@ -84,7 +84,7 @@ export class Qcow2Node extends BlockNode implements Qcow2Io {
               if (err) {
                 reject(err);
               } else {
-                st.dataSinceSync = true;
+                st.unsyncedWrites = true;
                 resolve();
               }
             });

@@ -83,8 +83,8 @@ export class Qcow2State implements RefcountHost, L2Host {
   readonly log: Logger;
   /** Set once a corruption was detected: writes are refused from then on. */
   broken = false;
-  /** Guest data reached the file since the last sync. */
-  dataSinceSync = false;
+  /** Something (guest data or metadata) reached the file since the last sync started. */
+  unsyncedWrites = false;
   private flushRunning: Promise<void> | null = null;
   private flushQueued: Promise<void> | null = null;
   private markingCorrupt: Promise<void> | null = null;
@@ -226,11 +226,15 @@ export class Qcow2State implements RefcountHost, L2Host {
       }
       jobs.push(this.file.writev(start, group));
     }
-    await Promise.all(jobs);
+    try {
+      await Promise.all(jobs);
+    } finally {
+      this.unsyncedWrites = true;
+    }
   }
 
   private async sync(): Promise<void> {
-    this.dataSinceSync = false;
+    this.unsyncedWrites = false;
     await this.file.sync();
   }
 
@@ -279,7 +283,7 @@ export class Qcow2State implements RefcountHost, L2Host {
   }
 
   get needsFlush(): boolean {
-    return this.dataSinceSync || this.refcounts.hasPendingFrees || this.refcounts.reftableDirty || this.l2.l1IsDirty
+    return this.unsyncedWrites || this.refcounts.hasPendingFrees || this.refcounts.reftableDirty || this.l2.l1IsDirty
       || this.refcounts.cache.hasDirty() || this.l2.cache.hasDirty();
   }
 
@@ -304,9 +308,13 @@ export class Qcow2State implements RefcountHost, L2Host {
   private async flushOnce(): Promise<void> {
     if (this.readOnly) return;
     if (this.markingCorrupt) await this.markingCorrupt;
-    if (!this.needsFlush) return;
     let frees: number[] = [];
+    // Checked under the lock: an eviction may be writing metadata right now.
     await this.writeback.lock();
+    if (!this.needsFlush) {
+      this.writeback.unlock();
+      return;
+    }
     const l1 = this.l2.takeDirtyL1();
     try {
       const l2 = this.l2.cache.dirtyEntries();

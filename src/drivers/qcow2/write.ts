@@ -37,7 +37,7 @@ export async function writeLocked(io: Qcow2Io, offset: number, buf: Buffer): Pro
       st.l2.cache.release(table);
     }
   }
-  st.dataSinceSync = true;
+  st.unsyncedWrites = true;
 }
 
 /**
