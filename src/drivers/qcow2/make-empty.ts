@@ -39,8 +39,9 @@ async function fastEmpty(io: Qcow2Io): Promise<boolean> {
   const h = st.header;
   const l1Clusters = divRoundUp(h.l1Size * 8, cs);
   const total = 3 + l1Clusters;
-  await st.writeback.lock();
+  // Lock order everywhere: refcount mutex, then write-back mutex.
   await st.refcounts.lock.lock();
+  await st.writeback.lock();
   try {
     await st.setIncompatibleBit(Incompat.DIRTY, true);
 
@@ -98,7 +99,7 @@ async function fastEmpty(io: Qcow2Io): Promise<boolean> {
     st.unsyncedWrites = false;
     return true;
   } finally {
-    st.refcounts.lock.unlock();
     st.writeback.unlock();
+    st.refcounts.lock.unlock();
   }
 }
