@@ -1,6 +1,6 @@
 /**
  * Power loss, which a SIGKILL cannot simulate (the page cache survives it):
- * the image sits on a recording file node that logs every write and every
+ * the image sits on an in-memory file node that logs every write and every
  * sync. A crash image keeps all writes before the last sync and an arbitrary
  * subset of the 512-byte sectors written after it. Every such image must be
  * free of corruption (leaks allowed) and hold everything acknowledged by a
@@ -9,66 +9,13 @@
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
-import type { DriverDefinition, OpenContext } from '../../src/block/graph.js';
-import { BlockNode } from '../../src/block/node.js';
 import { createGraph } from '../../src/drivers/index.js';
 import { buildImage } from '../../src/drivers/qcow2/create.js';
 import { Req } from '../../src/block/node.js';
 import { patternBuffer, tempDir } from '../helpers/env.js';
 import { applyToModel, batchOps, markTouched } from './crash-ops.js';
 import { MiB, qemuCheck, qemuImg } from './helpers.js';
-
-type LogEntry =
-  | { kind: 'write'; offset: number; data: Buffer }
-  | { kind: 'sync' }
-  | { kind: 'ack'; batch: number }
-  | { kind: 'fua'; batch: number; index: number };
-
-class RecordingFile extends BlockNode {
-  readonly driver = 'recording-file';
-  private data: Buffer;
-  private length: number;
-
-  constructor(initial: Buffer, readonly log: LogEntry[]) {
-    super(undefined, false);
-    this.data = Buffer.alloc(Math.max(initial.length * 2, MiB));
-    initial.copy(this.data);
-    this.length = initial.length;
-  }
-
-  override get size(): number {
-    return this.length;
-  }
-
-  override get growable(): boolean {
-    return true;
-  }
-
-  override get filename(): string {
-    return 'recording';
-  }
-
-  protected async doRead(offset: number, buf: Buffer): Promise<void> {
-    buf.fill(0);
-    if (offset < this.length) this.data.copy(buf, 0, offset, Math.min(this.length, offset + buf.length));
-  }
-
-  protected async doWrite(offset: number, buf: Buffer): Promise<void> {
-    const end = offset + buf.length;
-    if (end > this.data.length) {
-      const next = Buffer.alloc(Math.max(end, this.data.length * 2));
-      this.data.copy(next);
-      this.data = next;
-    }
-    buf.copy(this.data, offset);
-    if (end > this.length) this.length = end;
-    this.log.push({ kind: 'write', offset, data: Buffer.from(buf) });
-  }
-
-  protected async doFlush(): Promise<void> {
-    this.log.push({ kind: 'sync' });
-  }
-}
+import { MemoryFile, memoryFileDriver, type LogEntry } from './memory-file.js';
 
 function rng(seed: number): () => number {
   let x = seed >>> 0 || 1;
@@ -125,14 +72,9 @@ test('every power-loss image is free of corruption and keeps flushed data', asyn
   for (const [cs, seed, cacheOptions] of configs) {
     const initial = buildImage({ size, clusterSize: cs });
     const log: LogEntry[] = [];
-    const driver: DriverDefinition = {
-      name: 'recording-file',
-      kind: 'protocol',
-      open: async (_ctx: OpenContext) => new RecordingFile(initial, log),
-    };
     const graph = createGraph();
-    graph.register(driver);
-    const node = await graph.add({ driver: 'qcow2', 'node-name': 'img', file: { driver: 'recording-file' }, ...cacheOptions });
+    graph.register(memoryFileDriver(new MemoryFile(initial, log)));
+    const node = await graph.add({ driver: 'qcow2', 'node-name': 'img', file: { driver: 'memory-file' }, ...cacheOptions });
     const batches = 6;
     for (let b = 0; b < batches; b++) {
       const pending: Array<Promise<void>> = [];

@@ -101,9 +101,10 @@ export class L2Tables {
       let source: CachedTable | null = null;
       if (now !== 0) source = await this.cache.acquire(now);
       try {
+        // Make room first: an eviction can fail, and must not strand a new cluster.
+        await this.cache.makeRoom();
         const alloc = await this.host.refcounts.allocate(1);
         const newOff = alloc.start * this.clusterSize;
-        await this.cache.makeRoom();
         const buf = source ? Buffer.from(source.buf) : Buffer.alloc(this.clusterSize);
         const e = this.cache.insert(newOff, buf);
         this.host.meta.add(alloc.start, 1, 'active L2 table');

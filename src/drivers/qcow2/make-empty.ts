@@ -44,7 +44,12 @@ async function fastEmpty(io: Qcow2Io): Promise<boolean> {
   await st.writeback.lock();
   try {
     await st.setIncompatibleBit(Incompat.DIRTY, true);
-
+  } catch (err) {
+    st.writeback.unlock();
+    st.refcounts.lock.unlock();
+    throw err;
+  }
+  try {
     // Unless clusters 1..2+L1 already hold only the reftable, a refblock and
     // the L1, drop every reference first so that nothing points into what
     // is about to be overwritten.
@@ -98,6 +103,9 @@ async function fastEmpty(io: Qcow2Io): Promise<boolean> {
     st.meta.add(3, l1Clusters, 'active L1 table');
     st.unsyncedWrites = false;
     return true;
+  } catch (err) {
+    // The dirty bit is set and the tables are half rewritten: the next open repairs the image.
+    throw st.fail('emptying the image failed half-way', err);
   } finally {
     st.writeback.unlock();
     st.refcounts.lock.unlock();

@@ -23,6 +23,8 @@ export interface RefcountHost {
   readonly meta: MetadataMap;
   readonly writeback: Mutex;
   corruption(message: string): BlockError;
+  /** Stops writes after a metadata update failed half-way. */
+  fail(reason: string, cause: unknown): BlockError;
   /** Writes dirty refblocks (and reftable entries) and syncs; the caller holds `writeback`. */
   writeRefcountsLocked(): Promise<void>;
   writeBackRefblocks(entries: CachedTable[]): Promise<void>;
@@ -246,7 +248,12 @@ export class Refcounts {
       hdr.writeUInt32BE(Math.floor(newOffset / 2 ** 32), 0);
       hdr.writeUInt32BE(newOffset % 2 ** 32, 4);
       hdr.writeUInt32BE(rc, 8);
-      await this.host.writeHeaderSync(48, hdr);
+      try {
+        await this.host.writeHeaderSync(48, hdr);
+      } catch (err) {
+        // Which reftable the header names is now unknown.
+        throw this.host.fail('switching to the grown refcount table failed', err);
+      }
 
       const oldCluster = this.reftableOffset / cs;
       for (let i = 0; i < this.reftableClusters; i++) this.pendingFrees.push(oldCluster + i);

@@ -187,9 +187,27 @@ export class Qcow2State implements RefcountHost, L2Host {
     return new BlockError('EIO', text);
   }
 
+  /** Why writes are refused, once they are. */
+  private brokenReason = 'it is corrupt';
+
+  /**
+   * Stops writes after a metadata update failed half-way (the on-disk state
+   * is no longer what the caches describe; reopening repairs it).
+   */
+  fail(reason: string, cause: unknown): BlockError {
+    if (!this.broken) {
+      this.broken = true;
+      this.brokenReason = reason;
+      this.log.error('qcow2_metadata_update_failed', { reason, error: cause });
+    }
+    return BlockError.from(cause, `qcow2 image ${this.file.path}: ${reason}`);
+  }
+
   /** Refuses writes once the image is known to be damaged. */
   checkWritable(): void {
-    if (this.broken) throw new BlockError('EIO', `qcow2 image ${this.file.path} is corrupt; writes are refused (run qemu-img check -r all)`);
+    if (this.broken) {
+      throw new BlockError('EIO', `qcow2 image ${this.file.path}: writes are refused because ${this.brokenReason} (reopen it, or run qemu-img check -r all)`);
+    }
   }
 
   // ------------------------------------------------------------ header I/O
