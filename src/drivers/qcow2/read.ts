@@ -86,10 +86,14 @@ export async function readRange(io: Qcow2Io, offset: number, buf: Buffer): Promi
       }
     }
     flushRun();
-  } finally {
-    // Every started read must settle before the caller releases its lock.
-    if (jobs.length > 0) await Promise.allSettled(jobs);
+  } catch (err) {
+    // Every started read settles before the caller releases its lock.
+    await Promise.allSettled(jobs);
+    throw err;
   }
-  if (jobs.length === 1) await jobs[0];
-  else if (jobs.length > 1) await Promise.all(jobs);
+  if (jobs.length === 1) {
+    await jobs[0];
+  } else if (jobs.length > 1) {
+    for (const r of await Promise.allSettled(jobs)) if (r.status === 'rejected') throw r.reason;
+  }
 }
