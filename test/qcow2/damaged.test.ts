@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, truncateSync } from 'node:fs';
 import { test } from 'node:test';
 import { BlockError } from '../../src/block/errors.js';
-import { createQcow2 } from '../../src/drivers/qcow2/index.js';
+import { checkQcow2, createQcow2 } from '../../src/drivers/qcow2/index.js';
 import { tempDir } from '../helpers/env.js';
 import { KiB, MiB, openImage, qemuImg, qemuIo, readAll } from './helpers.js';
 import { hostOffset, l2EntryPos, layout, readU64, writeBytes, writeU32, writeU64 } from './surgery.js';
@@ -59,7 +59,7 @@ for (const [what, inject, code, pattern] of OPEN_REFUSALS) {
   });
 }
 
-test('a corrupt-marked image still opens read-only', async () => {
+test('a corrupt-marked image still opens read-only; a clean repair clears the mark', async () => {
   const dir = tempDir();
   const path = dir.file('c.qcow2');
   await goodImage(path);
@@ -67,6 +67,12 @@ test('a corrupt-marked image still opens read-only', async () => {
   const { graph, node } = await openImage(path, { 'read-only': true });
   assert.ok((await readAll(node, 0, 64 * KiB)).every((b) => b === 0x7e));
   await graph.closeAll();
+  const fixed = await checkQcow2(path, { repair: 'leaks' });
+  assert.equal(fixed.corruptions, 0);
+  assert.equal(readU64(path, 72) & 2n, 0n, 'corrupt bit cleared');
+  const rw = await openImage(path);
+  await rw.node.write(0, Buffer.alloc(512, 1));
+  await rw.graph.closeAll();
   dir.cleanup();
 });
 

@@ -102,7 +102,8 @@ async function checkPass(file: ImageFile, fix: number): Promise<Qcow2CheckResult
 export async function checkImageFile(file: ImageFile, repair?: 'leaks' | 'all'): Promise<Qcow2CheckResult> {
   const fix = repair === 'all' ? FIX_LEAKS | FIX_ERRORS : repair === 'leaks' ? FIX_LEAKS : 0;
   const first = await checkPass(file, fix);
-  if (fix && first.checkErrors === 0 && first.corruptions === 0) await markClean(file);
+  // Like QEMU, a repair that leaves no corruption marks the image clean and consistent.
+  if (fix && first.checkErrors === 0 && first.corruptions === 0) await markClean(file, Incompat.DIRTY | Incompat.CORRUPT);
   if (!(first.corruptionsFixed || first.leaksFixed)) return first;
   const second = await checkPass(file, 0);
   second.corruptionsFixed = first.corruptionsFixed;
@@ -111,12 +112,13 @@ export async function checkImageFile(file: ImageFile, repair?: 'leaks' | 'all'):
   return second;
 }
 
-/** Clears the dirty bit (after a successful repair). */
-async function markClean(file: ImageFile): Promise<void> {
+/** Clears incompatible bits (dirty, corrupt) after a successful repair. */
+async function markClean(file: ImageFile, bitsToClear: number): Promise<void> {
   const h = await readHeader(file);
-  if (h.version !== 3 || !(h.incompatible & BigInt(Incompat.DIRTY))) return;
+  const mask = BigInt(bitsToClear);
+  if (h.version !== 3 || !(h.incompatible & mask)) return;
   const bits = Buffer.alloc(8);
-  bits.writeBigUInt64BE(h.incompatible & ~BigInt(Incompat.DIRTY));
+  bits.writeBigUInt64BE(h.incompatible & ~mask);
   await file.write(72, bits);
   await file.sync();
 }
@@ -127,7 +129,7 @@ export async function repairImage(file: ImageFile): Promise<void> {
   if (res.checkErrors > 0 || res.corruptions > 0) {
     throw new BlockError('EIO', `Could not repair dirty image: ${res.messages.filter((m) => m.startsWith('ERROR')).slice(0, 3).join('; ')}`);
   }
-  await markClean(file);
+  await markClean(file, Incompat.DIRTY);
 }
 
 export async function checkQcow2(path: string, opts: { repair?: 'leaks' | 'all' } = {}): Promise<Qcow2CheckResult> {
