@@ -152,6 +152,34 @@ export async function runQcow2Bench(opts: Qcow2BenchOptions = {}): Promise<Bench
     row('1 MiB sequential reads', 'MiB/s', large / best.cRead, large / best.qRead,
       `colo-blk qcow2 node: ${large} reads of 1 MiB, sequential, depth ${depth}`, `qemu-img bench ${qrArgs('IMAGE').join(' ')}`);
 
+    // A guest that flushes after every write (queue depth 1): the metadata
+    // write-back order costs two syncs per allocation, as in QEMU.
+    const syncCount = Math.max(1000, Math.floor(small / 4));
+    const fArgs = (img: string): string[] => ['-w', '-c', String(syncCount), '-d', '1', '-s', '4096', '-S', '65536', '--flush-interval=1', '-t', 'writeback', '-f', 'qcow2', img];
+    const bestSync = { qFresh: Infinity, qAlloc: Infinity, cFresh: Infinity, cAlloc: Infinity };
+    for (let round = 0; round < rounds; round++) {
+      const q = join(dir, `q-sync-${round}.qcow2`);
+      qemuCreate(q, syncCount * 64 * KiB);
+      bestSync.qFresh = Math.min(bestSync.qFresh, qemuBench(fArgs(q)));
+      bestSync.qAlloc = Math.min(bestSync.qAlloc, qemuBench(fArgs(q)));
+      rmSync(q);
+      const c = join(dir, `c-sync-${round}.qcow2`);
+      await createQcow2(c, { size: syncCount * 64 * KiB });
+      const s = await openNode(c);
+      const writeFlush = async (i: number): Promise<void> => {
+        await s.node.write(i * 64 * KiB, buf4k);
+        await s.node.flush();
+      };
+      bestSync.cFresh = Math.min(bestSync.cFresh, await runDepth(syncCount, 1, writeFlush));
+      bestSync.cAlloc = Math.min(bestSync.cAlloc, await runDepth(syncCount, 1, writeFlush));
+      await s.close();
+      rmSync(c);
+    }
+    const oursSync = `colo-blk qcow2 node: ${syncCount} x (write 4096 bytes, flush), step 65536, depth 1`;
+    const peerSync = `qemu-img bench ${fArgs('IMAGE').join(' ')}`;
+    row('4 KiB write + flush each, depth 1, fresh image', 'IOPS', syncCount / bestSync.cFresh, syncCount / bestSync.qFresh, oursSync, peerSync);
+    row('4 KiB write + flush each, depth 1, allocated image', 'IOPS', syncCount / bestSync.cAlloc, syncCount / bestSync.qAlloc, oursSync, peerSync);
+
     // make-empty with 64 MiB allocated (4 KiB clusters scattered over the disk and 64 KiB runs).
     const e = join(dir, 'empty.qcow2');
     await createQcow2(e, { size: 4 * 1024 * MiB });

@@ -300,9 +300,13 @@ export class Qcow2State implements RefcountHost, L2Host {
     }
   }
 
-  get needsFlush(): boolean {
-    return this.unsyncedWrites || this.refcounts.hasPendingFrees || this.refcounts.reftableDirty || this.l2.l1IsDirty
+  private get metadataDirty(): boolean {
+    return this.refcounts.hasPendingFrees || this.refcounts.reftableDirty || this.l2.l1IsDirty
       || this.refcounts.cache.hasDirty() || this.l2.cache.hasDirty();
+  }
+
+  get needsFlush(): boolean {
+    return this.unsyncedWrites || this.metadataDirty;
   }
 
   /**
@@ -331,6 +335,15 @@ export class Qcow2State implements RefcountHost, L2Host {
     await this.writeback.lock();
     if (!this.needsFlush) {
       this.writeback.unlock();
+      return;
+    }
+    if (!this.metadataDirty) {
+      // Only guest data (or already written metadata) to make durable.
+      try {
+        await this.sync();
+      } finally {
+        this.writeback.unlock();
+      }
       return;
     }
     const l1 = this.l2.takeDirtyL1();
