@@ -147,3 +147,20 @@ test('the refcount table grows (new structure, then switch) when small clusters 
   await qemuIo(path, ['read -P 0x5c 1M 6M', 'read -P 0 0 1M']);
   dir.cleanup();
 });
+
+test('a backing file opened from the header is closed with its overlay (blockdev-del)', async () => {
+  const dir = tempDir();
+  const base = dir.file('base.qcow2');
+  const top = dir.file('top.qcow2');
+  await createQcow2(base, { size: MiB });
+  await createQcow2(top, { size: MiB, backingFile: 'base.qcow2', backingFormat: 'qcow2' });
+  const { createGraph } = await import('../../src/drivers/index.js');
+  const graph = createGraph();
+  const node = await graph.add({ driver: 'qcow2', 'node-name': 'top', file: { driver: 'file', filename: top } });
+  const backing = node.backing!;
+  assert.equal(backing.driver, 'qcow2');
+  await graph.delete('top');
+  assert.ok(backing.isClosed, 'the backing node was closed');
+  assert.equal(graph.allNodes().length, 0);
+  dir.cleanup();
+});
