@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Req } from '../../src/block/node.js';
+import { createGraph } from '../../src/drivers/index.js';
 import { createQcow2, readQcow2Info } from '../../src/drivers/qcow2/index.js';
 import { tempDir } from '../helpers/env.js';
 import {
@@ -109,7 +110,6 @@ test('an overlay created by colo-blk without a backing name, emptied while linke
   const { base } = await chain(dir);
   const active = dir.file('active.qcow2');
   await createQcow2(active, { size: 64 * MiB });
-  const { createGraph } = await import('../../src/drivers/index.js');
   const graph = createGraph();
   await graph.add({ driver: 'qcow2', 'node-name': 'base', 'read-only': true, file: { driver: 'file', filename: base } });
   const node = await graph.add({ driver: 'qcow2', 'node-name': 'active', file: { driver: 'file', filename: active }, backing: 'base' });

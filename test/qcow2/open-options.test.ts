@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { BlockError } from '../../src/block/errors.js';
+import { createGraph } from '../../src/drivers/index.js';
 import { checkQcow2, createQcow2, isQcow2, readQcow2Info } from '../../src/drivers/qcow2/index.js';
 import { tempDir } from '../helpers/env.js';
 import { KiB, MiB, assertQemuCheckClean, assertSameBytes, openImage, qemuCheck, qemuImg, qemuIo, readAll } from './helpers.js';
@@ -154,7 +155,6 @@ test('a backing file opened from the header is closed with its overlay (blockdev
   const top = dir.file('top.qcow2');
   await createQcow2(base, { size: MiB });
   await createQcow2(top, { size: MiB, backingFile: 'base.qcow2', backingFormat: 'qcow2' });
-  const { createGraph } = await import('../../src/drivers/index.js');
   const graph = createGraph();
   const node = await graph.add({ driver: 'qcow2', 'node-name': 'top', file: { driver: 'file', filename: top } });
   const backing = node.backing!;
