@@ -102,6 +102,11 @@ export class Refcounts {
     return out;
   }
 
+  /** The byte of a refblock holding entry `index` (rounded down; +8 covers any width). */
+  private byteOf(index: number): number {
+    return Math.floor((index << this.order) / 8);
+  }
+
   /** Marks a reftable entry unusable (it overlaps other metadata). */
   invalidate(index: number): void {
     this.rt[index] = -1;
@@ -168,7 +173,7 @@ export class Refcounts {
         const kind = this.host.meta.overlap(start, j - i);
         if (kind) throw this.host.corruption(`free cluster in range ${start}..${base + j - 1} overlaps the ${kind} (refcounts are wrong)`);
         for (let k = i; k < j; k++) setRefcount(e.buf, k, this.order, 1);
-        this.cache.markDirty(e);
+        this.cache.markDirty(e, this.byteOf(i), this.byteOf(j - 1) + 8);
         this.freeHint = base + j;
         const end = (base + j) * this.clusterSize;
         if (end > this.highWater) this.highWater = end;
@@ -315,7 +320,7 @@ export class Refcounts {
           const v = getRefcount(e.buf, i, this.order);
           if (v === 0) continue;
           setRefcount(e.buf, i, this.order, v - 1);
-          this.cache.markDirty(e);
+          this.cache.markDirty(e, this.byteOf(i), this.byteOf(i) + 8);
           if (v === 1 && c < this.freeHint) this.freeHint = c;
         } finally {
           this.cache.release(e);

@@ -258,13 +258,12 @@ export class Qcow2State implements RefcountHost, L2Host {
 
   /** Refblocks, sync, reftable entries, sync. The caller holds `writeback`. */
   async writeRefcountsLocked(): Promise<void> {
-    const blocks = this.refcounts.cache.dirtyEntries();
-    const gens = blocks.map((e) => e.gen);
-    const copies = blocks.map((e) => ({ offset: e.offset, data: Buffer.from(e.buf) }));
+    const cache = this.refcounts.cache;
+    const copies = cache.dirtyEntries().map((e) => cache.dirtyCopy(e));
     const reftable = this.refcounts.takeDirtyReftable();
     try {
       await this.writeCopies(copies);
-      blocks.forEach((e, i) => this.refcounts.cache.markWritten(e, gens[i]!));
+      for (const c of copies) cache.markWritten(c);
       await this.sync();
       if (reftable.length > 0) {
         await this.writeCopies(reftable);
@@ -279,9 +278,9 @@ export class Qcow2State implements RefcountHost, L2Host {
   async writeBackRefblocks(entries: CachedTable[]): Promise<void> {
     await this.writeback.lock();
     try {
-      const gens = entries.map((e) => e.gen);
-      await this.writeCopies(entries.map((e) => ({ offset: e.offset, data: Buffer.from(e.buf) })));
-      entries.forEach((e, i) => this.refcounts.cache.markWritten(e, gens[i]!));
+      const copies = entries.map((e) => this.refcounts.cache.dirtyCopy(e));
+      await this.writeCopies(copies);
+      for (const c of copies) this.refcounts.cache.markWritten(c);
     } finally {
       this.writeback.unlock();
     }
@@ -290,11 +289,10 @@ export class Qcow2State implements RefcountHost, L2Host {
   async writeBackL2(entries: CachedTable[]): Promise<void> {
     await this.writeback.lock();
     try {
-      const gens = entries.map((e) => e.gen);
-      const copies = entries.map((e) => ({ offset: e.offset, data: Buffer.from(e.buf) }));
+      const copies = entries.map((e) => this.l2.cache.dirtyCopy(e));
       await this.writeRefcountsLocked();
       await this.writeCopies(copies);
-      entries.forEach((e, i) => this.l2.cache.markWritten(e, gens[i]!));
+      for (const c of copies) this.l2.cache.markWritten(c);
     } finally {
       this.writeback.unlock();
     }
@@ -348,14 +346,12 @@ export class Qcow2State implements RefcountHost, L2Host {
     }
     const l1 = this.l2.takeDirtyL1();
     try {
-      const l2 = this.l2.cache.dirtyEntries();
-      const l2Gens = l2.map((e) => e.gen);
-      const l2Copies = l2.map((e) => ({ offset: e.offset, data: Buffer.from(e.buf) }));
+      const l2Copies = this.l2.cache.dirtyEntries().map((e) => this.l2.cache.dirtyCopy(e));
       frees = this.refcounts.takePendingFrees();
       await this.writeRefcountsLocked();
       if (l2Copies.length > 0) {
         await this.writeCopies(l2Copies);
-        l2.forEach((e, i) => this.l2.cache.markWritten(e, l2Gens[i]!));
+        for (const c of l2Copies) this.l2.cache.markWritten(c);
         await this.sync();
       }
       if (l1.length > 0) {

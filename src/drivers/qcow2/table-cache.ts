@@ -16,7 +16,20 @@ export interface CachedTable {
   cleanGen: number;
   pins: number;
   lastUse: number;
+  /** Bytes [dirtyFrom, dirtyTo) differ from the disk (empty when from >= to). */
+  dirtyFrom: number;
+  dirtyTo: number;
 }
+
+/** A copy of the part of a table that must be written, and the generation it shows. */
+export interface TableCopy {
+  entry: CachedTable;
+  offset: number;
+  data: Buffer;
+  gen: number;
+}
+
+const SECTOR = 512;
 
 export interface TableCacheIo {
   load(offset: number, buf: Buffer): Promise<void>;
@@ -64,7 +77,7 @@ export class TableCache {
    * refblock); it starts dirty and pinned. The caller makes room first.
    */
   insert(offset: number, buf: Buffer): CachedTable {
-    const e: CachedTable = { offset, buf, gen: 1, cleanGen: 0, pins: 1, lastUse: ++this.tick };
+    const e: CachedTable = { offset, buf, gen: 1, cleanGen: 0, pins: 1, lastUse: ++this.tick, dirtyFrom: 0, dirtyTo: buf.length };
     this.map.set(offset, e);
     this.dirty.add(e);
     return e;
@@ -72,20 +85,38 @@ export class TableCache {
 
   /** Adds a table whose content is already on disk (clean, unpinned). */
   insertClean(offset: number, buf: Buffer): CachedTable {
-    const e: CachedTable = { offset, buf, gen: 0, cleanGen: 0, pins: 0, lastUse: ++this.tick };
+    const e: CachedTable = { offset, buf, gen: 0, cleanGen: 0, pins: 0, lastUse: ++this.tick, dirtyFrom: buf.length, dirtyTo: 0 };
     this.map.set(offset, e);
     return e;
   }
 
-  markDirty(e: CachedTable): void {
+  /** Records a change of bytes [from, to) of the table (the whole table by default). */
+  markDirty(e: CachedTable, from = 0, to = e.buf.length): void {
     e.gen++;
+    if (from < e.dirtyFrom) e.dirtyFrom = from;
+    if (to > e.dirtyTo) e.dirtyTo = to;
     this.dirty.add(e);
   }
 
-  /** Records that generation `gen` of the entry reached the disk. */
-  markWritten(e: CachedTable, gen: number): void {
-    if (e.cleanGen < gen) e.cleanGen = gen;
-    if (e.cleanGen === e.gen) this.dirty.delete(e);
+  /**
+   * The sectors of a table that changed since it was last written: a table
+   * loaded from disk (or written once) only needs its changed part rewritten.
+   */
+  dirtyCopy(e: CachedTable): TableCopy {
+    const from = Math.floor(e.dirtyFrom / SECTOR) * SECTOR;
+    const to = Math.min(e.buf.length, Math.ceil(e.dirtyTo / SECTOR) * SECTOR);
+    return { entry: e, offset: e.offset + from, data: Buffer.from(e.buf.subarray(from, to)), gen: e.gen };
+  }
+
+  /** Records that the copy reached the disk; the entry is clean unless it changed meanwhile. */
+  markWritten(copy: TableCopy): void {
+    const e = copy.entry;
+    if (e.cleanGen < copy.gen) e.cleanGen = copy.gen;
+    if (e.cleanGen === e.gen) {
+      e.dirtyFrom = e.buf.length;
+      e.dirtyTo = 0;
+      this.dirty.delete(e);
+    }
   }
 
   dirtyEntries(): CachedTable[] {

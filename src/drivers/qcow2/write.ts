@@ -105,7 +105,7 @@ async function writeInTable(
       buf.copy(full, inC, pos - offset, pos - offset + len);
       await st.file.write(host, full);
       writeEntry(t.buf, i, host, L2_COPIED_HI, 0);
-      st.l2.cache.markDirty(t);
+      st.l2.cache.markDirty(t, i * 8, i * 8 + 8);
       pos += len;
       i++;
       continue;
@@ -148,7 +148,7 @@ async function writeInTable(
       freeOld(io, readHi(t.buf, i + k), readLo(t.buf, i + k));
       writeEntry(t.buf, i + k, host + k * cs, L2_COPIED_HI, 0);
     }
-    st.l2.cache.markDirty(t);
+    st.l2.cache.markDirty(t, i * 8, (i + count) * 8);
     pos = runEnd;
     i += count;
   }

@@ -74,7 +74,8 @@ export async function zeroClusters(io: Qcow2Io, first: number, count: number, mo
       table = await st.l2.acquireForWrite(l1i);
     }
     try {
-      let changed = false;
+      let first = -1;
+      let last = -1;
       for (let i = i0; i < i0 + n; i++) {
         const hi = readHi(table.buf, i);
         const lo = readLo(table.buf, i);
@@ -83,9 +84,10 @@ export async function zeroClusters(io: Qcow2Io, first: number, count: number, mo
         if (next.free) freeOld(io, hi, lo);
         table.buf.writeUInt32BE(next.hi >>> 0, i * 8);
         table.buf.writeUInt32BE(next.lo >>> 0, i * 8 + 4);
-        changed = true;
+        if (first < 0) first = i;
+        last = i;
       }
-      if (changed) st.l2.cache.markDirty(table);
+      if (first >= 0) st.l2.cache.markDirty(table, first * 8, last * 8 + 8);
     } finally {
       st.l2.cache.release(table);
     }
