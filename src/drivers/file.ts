@@ -125,16 +125,24 @@ export class FileNode extends BlockNode {
 
   /** One positional read without request accounting (see `pwrite`); bytes past the end read as zeroes. */
   pread(buf: Buffer, position: number): Promise<void> {
-    if (this.fd < 0) return Promise.reject(new BlockError('ENOMEDIUM', `node ${this.nodeName} is closed`));
-    return new Promise((resolve, reject) => {
-      fs.read(this.fd, buf, 0, buf.length, position, (err, n) => {
-        if (err) reject(BlockError.from(err, `read on ${this.path} failed`));
-        else if (n < buf.length && n > 0) this.doRead(position + n, buf.subarray(n)).then(resolve, reject);
-        else {
-          if (n === 0 && buf.length > 0) buf.fill(0);
-          resolve();
-        }
-      });
+    return new Promise((resolve, reject) => this.preadCallback(buf, position, (err) => (err ? reject(err) : resolve())));
+  }
+
+  /** `pread` with a completion callback. */
+  preadCallback(buf: Buffer, position: number, done: (err: BlockError | null) => void): void {
+    if (this.fd < 0) {
+      done(new BlockError('ENOMEDIUM', `node ${this.nodeName} is closed`));
+      return;
+    }
+    fs.read(this.fd, buf, 0, buf.length, position, (err, n) => {
+      if (err) {
+        done(BlockError.from(err, `read on ${this.path} failed`));
+      } else if (n < buf.length && n > 0) {
+        this.doRead(position + n, buf.subarray(n)).then(() => done(null), (e: unknown) => done(BlockError.from(e, 'read')));
+      } else {
+        if (n === 0 && buf.length > 0) buf.fill(0);
+        done(null);
+      }
     });
   }
 

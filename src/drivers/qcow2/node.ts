@@ -10,7 +10,7 @@ import { CompressedReader } from './compressed.js';
 import type { Qcow2Io, Qcow2RuntimeOptions } from './context.js';
 import { makeEmptyLocked } from './make-empty.js';
 import { Mutex } from './mutex.js';
-import { readRange } from './read.js';
+import { directReadHost, readRange } from './read.js';
 import type { Qcow2State } from './state.js';
 import { blockStatusOf } from './status.js';
 import { inPlaceHost, writeLocked } from './write.js';
@@ -51,8 +51,38 @@ export class Qcow2Node extends BlockNode implements Qcow2Io {
     return this.locks.tryAcquire(first, last, mode) ?? this.locks.acquire(first, last, mode);
   }
 
-  protected async doRead(offset: number, buf: Buffer): Promise<void> {
-    const got = this.lockRange(offset, buf.length, 'shared');
+  protected doRead(offset: number, buf: Buffer): Promise<void> {
+    const st = this.state;
+    const cs = st.clusterSize;
+    const c = Math.floor(offset / cs);
+    // Fast path: a read inside one allocated cluster whose table is cached.
+    if (Math.floor((offset + buf.length - 1) / cs) === c) {
+      const guard = this.locks.tryAcquire(c, c + 1, 'shared');
+      if (guard) {
+        let host: number;
+        try {
+          host = directReadHost(this, c);
+        } catch (err) {
+          guard.release();
+          return Promise.reject(err);
+        }
+        if (host >= 0) {
+          return new Promise((resolve, reject) => {
+            st.file.readCallback(host + (offset - c * cs), buf, (err) => {
+              guard.release();
+              if (err) reject(err);
+              else resolve();
+            });
+          });
+        }
+        return this.readSlow(offset, buf, guard);
+      }
+    }
+    return this.readSlow(offset, buf, null);
+  }
+
+  private async readSlow(offset: number, buf: Buffer, held: RangeLockGuard | null): Promise<void> {
+    const got = held ?? this.lockRange(offset, buf.length, 'shared');
     const guard = got instanceof Promise ? await got : got;
     try {
       await readRange(this, offset, buf);

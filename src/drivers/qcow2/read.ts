@@ -10,6 +10,25 @@ import type { CachedTable } from './table-cache.js';
 
 const enum Run { NONE, HOST, BACKING }
 
+/**
+ * The host offset of guest cluster `c` when a read can go straight to the
+ * file without waiting for anything (table cached, NORMAL entry), else -1.
+ */
+export function directReadHost(io: Qcow2Io, c: number): number {
+  const st = io.state;
+  const l2e = st.l2.l2Entries;
+  const l1i = Math.floor(c / l2e);
+  const off = st.l2.tableOffset(l1i);
+  if (off === 0) return -1;
+  const t = st.l2.cache.peek(off);
+  if (!t) return -1;
+  const i = c - l1i * l2e;
+  const hi = readHi(t.buf, i);
+  const lo = readLo(t.buf, i);
+  if (l2Type(hi, lo) !== ClusterType.NORMAL) return -1;
+  return hostCluster(io, hi, lo, c);
+}
+
 export async function readRange(io: Qcow2Io, offset: number, buf: Buffer): Promise<void> {
   const st = io.state;
   const cs = st.clusterSize;
