@@ -164,3 +164,17 @@ test('a backing file opened from the header is closed with its overlay (blockdev
   assert.equal(graph.allNodes().length, 0);
   dir.cleanup();
 });
+
+test('a second read-write open of the same image in this process is refused', async () => {
+  const dir = tempDir();
+  const path = dir.file('once.qcow2');
+  await createQcow2(path, { size: MiB });
+  const first = await openImage(path);
+  await assert.rejects(openImage(path), (e: unknown) => BlockError.is(e) && e.code === 'EBUSY' && /write" lock/.test(e.message));
+  const reader = await openImage(path, { 'read-only': true });
+  await reader.graph.closeAll();
+  await first.graph.closeAll();
+  const second = await openImage(path);
+  await second.graph.closeAll();
+  dir.cleanup();
+});

@@ -12,8 +12,9 @@ import { Incompat } from './format.js';
 import { checkOpenable, hasQcow2Magic } from './header.js';
 import { ImageFile, closeImageFile, openImageFile } from './image-file.js';
 import { Qcow2Node } from './node.js';
-import { cacheEntries, readQcow2Options } from './options.js';
+import { cacheEntries, readQcow2Options, type Qcow2OpenOptions } from './options.js';
 import { Qcow2State, readHeader } from './state.js';
+import { claimWriter } from './write-claims.js';
 
 /** Where a backing file named in a header lives: relative names are relative to the image. */
 export function resolveBackingPath(imagePath: string, backingFile: string): string {
@@ -55,26 +56,39 @@ export const qcow2Driver: DriverDefinition = {
     if (!file) throw new BlockError('EINVAL', 'A block device must be specified for "file"');
     const backingChoice = await ctx.openChild('backing', { readOnly: true });
     const io = new ImageFile(file);
-    let header = await readHeader(io);
-    checkOpenable(header, true);
-    if (opts.lazyRefcounts && header.version < 3) {
-      throw new BlockError('EINVAL', 'Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level');
+    const release = ctx.readOnly ? () => undefined : claimWriter(file);
+    try {
+      return await openNode(ctx, io, file, opts, backingChoice, release);
+    } catch (err) {
+      release();
+      throw err;
     }
-    if (!ctx.readOnly && header.version === 3 && header.incompatible & BigInt(Incompat.DIRTY)) {
-      // QEMU repairs a dirty image on a read-write open; so do we.
-      checkOpenable(header, false);
-      await repairImage(io);
-      header = await readHeader(io);
-    }
-    const state = await Qcow2State.open(io, header, ctx.readOnly, cacheEntries(opts, 2 ** header.clusterBits, header.l1Size));
-    let backing: BlockNode | null = null;
-    if (backingChoice === undefined) {
-      if (header.backingFile !== undefined && header.backingFile !== '') {
-        backing = await openBacking(ctx, file.filename, header.backingFile, header.backingFormat);
-      }
-    } else {
-      backing = backingChoice;
-    }
-    return new Qcow2Node(ctx.nodeName, ctx.readOnly, file, state, backing, { discardNoUnref: opts.discardNoUnref });
   },
 };
+
+/** The rest of an open, once the file is claimed: header checks, repair, metadata, backing. */
+async function openNode(
+  ctx: OpenContext, io: ImageFile, file: BlockNode, opts: Qcow2OpenOptions, backingChoice: BlockNode | null | undefined, release: () => void,
+): Promise<BlockNode> {
+  let header = await readHeader(io);
+  checkOpenable(header, true);
+  if (opts.lazyRefcounts && header.version < 3) {
+    throw new BlockError('EINVAL', 'Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level');
+  }
+  if (!ctx.readOnly && header.version === 3 && header.incompatible & BigInt(Incompat.DIRTY)) {
+    // QEMU repairs a dirty image on a read-write open; so do we.
+    checkOpenable(header, false);
+    await repairImage(io);
+    header = await readHeader(io);
+  }
+  const state = await Qcow2State.open(io, header, ctx.readOnly, cacheEntries(opts, 2 ** header.clusterBits, header.l1Size));
+  let backing: BlockNode | null = null;
+  if (backingChoice === undefined) {
+    if (header.backingFile !== undefined && header.backingFile !== '') {
+      backing = await openBacking(ctx, file.filename, header.backingFile, header.backingFormat);
+    }
+  } else {
+    backing = backingChoice;
+  }
+  return new Qcow2Node(ctx.nodeName, ctx.readOnly, file, state, backing, { discardNoUnref: opts.discardNoUnref }, release);
+}

@@ -29,6 +29,7 @@ export class Qcow2Node extends BlockNode implements Qcow2Io {
     readonly state: Qcow2State,
     backing: BlockNode | null,
     readonly runtime: Qcow2RuntimeOptions,
+    private readonly releaseWriter: () => void = () => undefined,
   ) {
     super(nodeName, readOnly);
     this.setChild('file', file);
@@ -220,6 +221,10 @@ export class Qcow2Node extends BlockNode implements Qcow2Io {
   }
 
   protected override async doClose(): Promise<void> {
-    await this.state.close();
+    try {
+      await this.state.close();
+    } finally {
+      this.releaseWriter();
+    }
   }
 }
