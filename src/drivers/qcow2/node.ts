@@ -4,10 +4,10 @@
  * request paths in read.ts, write.ts, zero.ts and status.ts.
  */
 import { BlockNode, Req, type BlockStatus, type NodeInfo } from '../../block/node.js';
-import { Compat, Incompat } from './format.js';
 import { RangeLock, type RangeLockGuard } from '../../block/range-lock.js';
 import { CompressedReader } from './compressed.js';
 import type { Qcow2Io, Qcow2RuntimeOptions } from './context.js';
+import { Compat, Incompat } from './format.js';
 import { makeEmptyLocked } from './make-empty.js';
 import { Mutex } from './mutex.js';
 import { directReadHost, readRange } from './read.js';
