@@ -7,6 +7,7 @@ import { replicationDriver } from '../replication/driver.js';
 import { faultDriver } from './fault.js';
 import { fileDriver } from './file.js';
 import { memoryDriver } from './memory.js';
+import { qcow2Driver } from './qcow2/index.js';
 import { quorumDriver } from './quorum.js';
 import { rawDriver } from './raw.js';
 
@@ -14,6 +15,7 @@ export const builtinDrivers: readonly DriverDefinition[] = [
   fileDriver,
   rawDriver,
   memoryDriver,
+  qcow2Driver,
   replicationDriver,
   quorumDriver,
   faultDriver,
