@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { QemuSecondary } from '../../bench/replication-qemu.js';
 import { requireTool } from '../helpers/env.js';
-import { MiB, secondaryFixture } from './fixtures.js';
+import { DISK_KINDS, MiB, secondaryFixture } from './fixtures.js';
 
 const SIZE = 8 * MiB;
 
@@ -45,12 +45,12 @@ function firstDifference(a: Buffer, b: Buffer): string {
   return `byte ${i}: QEMU 0x${a[i]?.toString(16)}, colo-blk 0x${b[i]?.toString(16)}`;
 }
 
-test('QEMU and colo-blk agree byte for byte on a replication scenario with failover', async () => {
+for (const kind of DISK_KINDS) test(`QEMU and colo-blk (${kind}) agree byte for byte on a replication scenario with failover`, async () => {
   requireTool('qemu-system-x86_64');
   requireTool('qemu-io');
   const dir = mkdtempSync(join('/dev/shm', 'colo-blk-diff-'));
   const qemu = await QemuSecondary.start(dir, SIZE);
-  const ours = await secondaryFixture('memory', { size: SIZE, fill: null, topId: 'repl' });
+  const ours = await secondaryFixture(kind, { size: SIZE, fill: null, topId: 'repl' });
   try {
     await ours.repl.start('secondary');
     const steps = scenario(20261126, 24);
