@@ -39,6 +39,15 @@ class ReopenableMemory extends MemoryNode {
   }
 }
 
+/** A memory overlay counting make-empty calls. */
+class CountingEmpty extends MemoryNode {
+  empties = 0;
+  protected override async doMakeEmpty(): Promise<void> {
+    this.empties++;
+    await super.doMakeEmpty();
+  }
+}
+
 /** A memory overlay whose make-empty fails with EIO. */
 class FailingEmpty extends MemoryNode {
   protected override async doMakeEmpty(): Promise<void> {
@@ -62,6 +71,14 @@ const testDrivers: DriverDefinition[] = [
       const backing = (await ctx.openChild('backing')) ?? null;
       const size = ctx.options.optInt('size') ?? backing!.size;
       return new ReopenableMemory(ctx.nodeName, ctx.readOnly, size, 65536, backing);
+    },
+  },
+  {
+    name: 'counting-empty',
+    kind: 'format',
+    async open(ctx) {
+      const backing = (await ctx.openChild('backing')) ?? null;
+      return new CountingEmpty(ctx.nodeName, false, backing!.size, 65536, backing);
     },
   },
   {
@@ -301,4 +318,25 @@ test('start: leftover overlay data is dropped by the initial checkpoint', async 
   await l.repl.start('secondary');
   await expectPattern(l.repl, 0, SIZE, 0x11, 'view after start');
   await l.g.closeAll();
+});
+
+test('a checkpoint empties only the layers that hold data', async () => {
+  const g = graphWithTestDrivers();
+  await g.add({ driver: 'memory', 'node-name': 'local', size: SIZE });
+  const nbd = new BlockBackend('nbd', g.get('local'));
+  const hidden = await g.add({ driver: 'counting-empty', 'node-name': 'hidden', backing: 'local' }) as CountingEmpty;
+  const active = await g.add({ driver: 'counting-empty', 'node-name': 'active', backing: 'hidden' }) as CountingEmpty;
+  const repl = await g.add({ driver: 'replication', 'node-name': 'repl', mode: 'secondary', 'top-id': 'repl', file: 'active' }) as ReplicationNode;
+  await repl.start('secondary');
+  await repl.checkpoint();
+  assert.deepEqual([active.empties, hidden.empties], [0, 0], 'nothing buffered: nothing to empty');
+  await repl.write(0, fill(512, 1));
+  await repl.checkpoint();
+  assert.deepEqual([active.empties, hidden.empties], [1, 0]);
+  await nbd.write(0, fill(512, 2));
+  await repl.checkpoint();
+  assert.deepEqual([active.empties, hidden.empties], [1, 1]);
+  await expectPattern(repl, 0, 512, 2);
+  nbd.detach();
+  await g.closeAll();
 });
