@@ -327,7 +327,14 @@ async function main(): Promise<void> {
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  process.env.UV_THREADPOOL_SIZE ??= String(Math.max(2, availableParallelism()));
+  if (process.env.UV_THREADPOOL_SIZE === undefined) {
+    // libuv sizes its thread pool before a module can set the variable: run again with it.
+    const r = spawnSync(process.execPath, process.argv.slice(1), {
+      stdio: 'inherit',
+      env: { ...process.env, UV_THREADPOOL_SIZE: String(Math.min(64, Math.max(2, availableParallelism()))) },
+    });
+    process.exit(r.status ?? 1);
+  }
   main().catch((err: unknown) => {
     process.stderr.write(`${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
     process.exitCode = 1;

@@ -8,6 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import { availableParallelism, cpus, release } from 'node:os';
 import { formatRows, runQcow2Bench, type BenchRow } from './qcow2.js';
+import { benchReplication } from './replication.js';
 
 interface Section {
   name: string;
@@ -20,6 +21,11 @@ const sections: Section[] = [
     name: 'qcow2',
     title: 'qcow2 driver vs qemu-img bench',
     run: (quick) => runQcow2Bench(quick ? { smallCount: 5000, largeCount: 300 } : {}),
+  },
+  {
+    name: 'replication',
+    title: 'replication: copy-before-write vs qemu-img bench, checkpoints vs a QEMU 7.2 secondary',
+    run: (quick) => benchReplication({ quick }),
   },
 ];
 
