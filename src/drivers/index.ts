@@ -5,12 +5,14 @@
 import { BlockGraph, type DriverDefinition } from '../block/graph.js';
 import { fileDriver } from './file.js';
 import { memoryDriver } from './memory.js';
+import { nbdDriver } from './nbd.js';
 import { rawDriver } from './raw.js';
 
 export const builtinDrivers: readonly DriverDefinition[] = [
   fileDriver,
   rawDriver,
   memoryDriver,
+  nbdDriver,
 ];
 
 export function createGraph(): BlockGraph {

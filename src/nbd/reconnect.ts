@@ -1,0 +1,195 @@
+/**
+ * An NBD client that survives a lost connection the way QEMU's nbd driver
+ * does with `reconnect-delay`:
+ *
+ * - connected: requests go straight to the current connection;
+ * - waiting: the connection broke less than `reconnectDelayMs` ago; requests
+ *   in flight and new ones wait, a background loop reconnects, and when it
+ *   succeeds the waiting requests are sent (again) on the new connection;
+ * - failing: the delay expired; requests fail with EIO at once while the loop
+ *   keeps trying, and a successful reconnect makes the node usable again;
+ * - dead: no reconnect-delay, or the server broke the protocol: every request
+ *   fails with EIO (the replication engine decides what to do about that).
+ *
+ * Requests that were in flight when the connection broke are re-sent after a
+ * reconnect, as QEMU does; NBD requests are idempotent, and a write that did
+ * land is simply written again.
+ */
+import { BlockError } from '../block/errors.js';
+import type { Logger } from '../util/log.js';
+import { ConnectionLostError, NbdClient, type ClientOptions } from './client.js';
+import type { NegotiatedExport } from './client-handshake.js';
+import { describe, type SocketAddress } from './address.js';
+
+export type ConnectionState = 'connected' | 'waiting' | 'failing' | 'dead' | 'closed';
+
+export interface ReconnectOptions {
+  address: SocketAddress;
+  client: ClientOptions;
+  /** 0 = no reconnect. */
+  reconnectDelayMs: number;
+  /** Keep retrying the first connection for this long (0 = one attempt). */
+  openTimeoutMs: number;
+  log: Logger;
+}
+
+const FIRST_RETRY_MS = 100;
+const MAX_RETRY_MS = 2000;
+
+export class ReconnectingClient {
+  private client: NbdClient;
+  private stateValue: ConnectionState = 'connected';
+  private failure: BlockError | null = null;
+  private waiters: Array<() => void> = [];
+  private delayTimer: NodeJS.Timeout | null = null;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private wakeRetry: (() => void) | null = null;
+  /** How many times the connection was re-established. */
+  reconnects = 0;
+
+  private constructor(first: NbdClient, private readonly options: ReconnectOptions) {
+    this.client = first;
+    this.watch(first);
+  }
+
+  static async open(options: ReconnectOptions): Promise<ReconnectingClient> {
+    const deadline = Date.now() + options.openTimeoutMs;
+    let delay = FIRST_RETRY_MS;
+    for (;;) {
+      try {
+        const client = await NbdClient.connect(options.address, options.client);
+        return new ReconnectingClient(client, options);
+      } catch (err) {
+        // Only a failure to reach the server is worth retrying; a refusal by the server is final.
+        if (!(err instanceof ConnectionLostError) || Date.now() + delay > deadline) throw err;
+        options.log.debug('nbd-client.open-retry', { error: (err as Error).message });
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        delay = Math.min(delay * 2, MAX_RETRY_MS);
+      }
+    }
+  }
+
+  /** The export as first negotiated (a reconnect must find the same size). */
+  get info(): NegotiatedExport {
+    return this.client.info;
+  }
+
+  get state(): ConnectionState {
+    return this.stateValue;
+  }
+
+  get address(): SocketAddress {
+    return this.options.address;
+  }
+
+  /** Runs `op` on the current connection, waiting out or failing through a reconnect as set up. */
+  async run<T>(op: (client: NbdClient) => Promise<T>): Promise<T> {
+    for (;;) {
+      switch (this.stateValue) {
+        case 'connected': {
+          const client = this.client;
+          try {
+            return await op(client);
+          } catch (err) {
+            if (err instanceof ConnectionLostError && this.options.reconnectDelayMs > 0 && this.state !== 'closed') {
+              continue; // the state moved to 'waiting' (or on): decide again
+            }
+            throw err;
+          }
+        }
+        case 'waiting':
+          await new Promise<void>((resolve) => this.waiters.push(resolve));
+          continue;
+        case 'closed':
+          throw new BlockError('ENOMEDIUM', 'NBD connection closed');
+        default:
+          throw new BlockError('EIO', this.failure?.message ?? 'NBD connection lost', { cause: this.failure });
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.stateValue === 'closed') return;
+    this.stateValue = 'closed';
+    this.clearTimers();
+    this.wakeRetry?.();
+    this.notify();
+    await this.client.close();
+  }
+
+  private watch(client: NbdClient): void {
+    client.onLost = (err) => this.lost(client, err);
+  }
+
+  private lost(client: NbdClient, err: BlockError): void {
+    if (client !== this.client || this.stateValue !== 'connected') return;
+    this.failure = err;
+    const log = this.options.log;
+    if (!(err instanceof ConnectionLostError) || this.options.reconnectDelayMs === 0) {
+      this.stateValue = 'dead';
+      log.warn('nbd-client.state', { state: 'dead', error: err.message });
+      this.notify();
+      return;
+    }
+    this.stateValue = 'waiting';
+    log.warn('nbd-client.state', { state: 'waiting', error: err.message, reconnectDelayMs: this.options.reconnectDelayMs });
+    this.delayTimer = setTimeout(() => {
+      this.delayTimer = null;
+      if (this.stateValue !== 'waiting') return;
+      this.stateValue = 'failing';
+      log.warn('nbd-client.state', { state: 'failing', reason: 'reconnect-delay expired' });
+      this.notify();
+    }, this.options.reconnectDelayMs);
+    this.delayTimer.unref();
+    void this.reconnectLoop();
+  }
+
+  private async reconnectLoop(): Promise<void> {
+    const log = this.options.log;
+    const size = this.client.info.size;
+    let delay = FIRST_RETRY_MS;
+    while (this.stateValue === 'waiting' || this.stateValue === 'failing') {
+      try {
+        const client = await NbdClient.connect(this.options.address, this.options.client);
+        if (this.state === 'closed') {
+          await client.close();
+          return;
+        }
+        if (client.info.size !== size) {
+          await client.close();
+          throw new BlockError('EIO', `export size changed from ${size} to ${client.info.size}`);
+        }
+        this.client = client;
+        this.watch(client);
+        this.clearTimers();
+        this.stateValue = 'connected';
+        this.reconnects++;
+        log.info('nbd-client.state', { state: 'connected', reconnects: this.reconnects, server: describe(this.options.address) });
+        this.notify();
+        return;
+      } catch (err) {
+        log.debug('nbd-client.reconnect-failed', { error: (err as Error).message, retryMs: delay });
+      }
+      await new Promise<void>((resolve) => {
+        this.wakeRetry = resolve;
+        this.retryTimer = setTimeout(resolve, delay);
+        this.retryTimer.unref();
+      });
+      this.wakeRetry = null;
+      delay = Math.min(delay * 2, MAX_RETRY_MS);
+    }
+  }
+
+  private notify(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+
+  private clearTimers(): void {
+    if (this.delayTimer) clearTimeout(this.delayTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.delayTimer = null;
+    this.retryTimer = null;
+  }
+}
