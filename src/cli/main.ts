@@ -21,6 +21,8 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'io':
       return (await import('./io.js')).ioMain(rest);
+    case 'daemon':
+      return (await import('./daemon.js')).daemonMain(rest);
     case undefined:
     case 'help':
     case '--help':

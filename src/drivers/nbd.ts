@@ -23,7 +23,7 @@ import { BlockNode, Req, Status, type BlockStatus } from '../block/node.js';
 import { isDict, OptionReader } from '../block/options.js';
 import { RangeLock } from '../block/range-lock.js';
 import { rootLogger } from '../util/log.js';
-import { describe, nbdUri, parseNbdUri, type SocketAddress } from '../nbd/address.js';
+import { describe, nbdUri, parseNbdUri, readSocketAddress, type SocketAddress } from '../nbd/address.js';
 import type { NbdClient } from '../nbd/client.js';
 import { CmdFlag, META_BASE_ALLOCATION, StateFlag, TxFlag } from '../nbd/constants.js';
 import { ReconnectingClient } from '../nbd/reconnect.js';
@@ -233,30 +233,6 @@ function readAddress(o: OptionReader): { address: SocketAddress; exportName: str
   }
   if (host === undefined) throw new BlockError('EINVAL', "Parameter 'server' is missing");
   return { address: { type: 'inet', host, port: port ?? '10809' }, exportName: undefined };
-}
-
-export function readSocketAddress(o: OptionReader): SocketAddress {
-  const type = o.optEnum('type', ['inet', 'unix', 'fd', 'vsock']);
-  if (type === undefined) throw new BlockError('EINVAL', `Parameter '${o.prefix}type' is missing`);
-  let addr: SocketAddress;
-  if (type === 'inet') {
-    const host = o.string('host');
-    const port = o.optString('port') ?? '10809';
-    if (!/^\d+$/.test(port) || Number(port) > 65535) throw new BlockError('EINVAL', `Invalid port '${port}'`);
-    // Accepted for QEMU compatibility; Node picks the address family itself.
-    for (const k of ['numeric', 'ipv4', 'ipv6', 'keep-alive', 'mptcp']) o.optBool(k);
-    o.optString('to');
-    addr = { type: 'inet', host, port };
-  } else if (type === 'unix') {
-    addr = { type: 'unix', path: o.string('path') };
-    o.optBool('abstract');
-    o.optBool('tight');
-  } else {
-    throw new BlockError('EINVAL', `NBD over '${type}' sockets is not supported`);
-  }
-  const left = o.leftovers();
-  if (left.length > 0) throw new BlockError('EINVAL', `Parameter '${o.prefix}${left[0]}' is unexpected`);
-  return addr;
 }
 
 export const nbdDriver: DriverDefinition = {

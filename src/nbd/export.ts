@@ -30,12 +30,15 @@ export interface ExportOptions {
   node: BlockNode;
   writable?: boolean;
   description?: string;
+  /** Make every write durable before answering it (QEMU's writethrough export option). */
+  writethrough?: boolean;
 }
 
 export class NbdExport implements ExportDescriptor {
   readonly name: string;
   readonly description: string;
   readonly writable: boolean;
+  readonly writethrough: boolean;
   readonly backend: BlockBackend;
   readonly lock = new RangeLock();
   readonly stats: ExportStats = {
@@ -46,6 +49,7 @@ export class NbdExport implements ExportDescriptor {
     this.name = options.name;
     this.description = options.description ?? '';
     this.writable = options.writable ?? false;
+    this.writethrough = options.writethrough ?? false;
     if (this.writable && options.node.readOnly) {
       throw new BlockError('EROFS', `Cannot export read-only node '${options.node.nodeName}' as writable`);
     }

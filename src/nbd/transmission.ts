@@ -40,12 +40,15 @@ function isWrite(type: number): boolean {
 
 export class TransmissionHandler {
   private readonly validFlags: number[];
+  /** Req.FUA when the export is writethrough, else 0. */
+  private readonly forceFua: number;
 
   constructor(
     private readonly exp: NbdExport,
     private readonly session: Session,
     private readonly maxPayload: number,
   ) {
+    this.forceFua = exp.writethrough ? Req.FUA : 0;
     const f = CmdFlag;
     this.validFlags = [];
     this.validFlags[Cmd.READ] = f.FUA | (session.structured ? f.DF : 0);
@@ -122,7 +125,7 @@ export class TransmissionHandler {
           return out;
         }
         case Cmd.WRITE:
-          await this.exp.backend.write(req.offset, req.payload!, req.flags & CmdFlag.FUA ? Req.FUA : 0);
+          await this.exp.backend.write(req.offset, req.payload!, (req.flags & CmdFlag.FUA ? Req.FUA : 0) | this.forceFua);
           stats.writes++;
           stats.bytesWritten += req.length;
           return [this.ok(req)];
@@ -130,13 +133,14 @@ export class TransmissionHandler {
           let flags = req.flags & CmdFlag.NO_HOLE ? 0 : Req.MAY_UNMAP;
           if (req.flags & CmdFlag.FAST_ZERO) flags |= Req.NO_FALLBACK;
           if (req.flags & CmdFlag.FUA) flags |= Req.FUA;
+          flags |= this.forceFua;
           await this.exp.backend.writeZeroes(req.offset, req.length, flags);
           stats.writes++;
           return [this.ok(req)];
         }
         case Cmd.TRIM:
           await this.exp.backend.discard(req.offset, req.length);
-          if (req.flags & CmdFlag.FUA) await this.exp.backend.flush();
+          if ((req.flags & CmdFlag.FUA) || this.forceFua) await this.exp.backend.flush();
           return [this.ok(req)];
         case Cmd.FLUSH:
           await this.exp.backend.flush();

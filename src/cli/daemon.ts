@@ -1,0 +1,142 @@
+/**
+ * `colo-blk daemon`: a storage daemon with qemu-storage-daemon's options.
+ *
+ * Readiness is observable three ways: one JSON line `{"event":"daemon.ready",
+ * ...}` on stdout (with the bound NBD address, useful with port 0), the
+ * pidfile (written only once everything listens), and the listening socket.
+ * SIGTERM and SIGINT finish the requests in flight, flush and close every
+ * image, remove the pidfile and exit 0.
+ *
+ * Extension point: the QMP monitor registers a DaemonExtension for its
+ * options (`--chardev`, `--monitor`, `--qmp`); its actions run in
+ * command-line order with the daemon they configure, and it is closed first
+ * on shutdown.
+ */
+import { existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { Daemon } from '../daemon/daemon.js';
+import { DAEMON_USAGE, DaemonUsageError, parseDaemonArgs, type DaemonAction } from '../daemon/args.js';
+import { rootLogger, setLogLevel } from '../util/log.js';
+
+export interface DaemonExtension {
+  /** Option names without the dashes (`qmp`, `chardev`, `monitor`). */
+  readonly options: readonly string[];
+  /** Applies one option, in command-line order. */
+  apply(option: string, value: string, daemon: Daemon): Promise<void>;
+  /** Stops the extension (close monitors) before the daemon shuts down. */
+  close?(): Promise<void>;
+}
+
+export async function daemonMain(argv: readonly string[], extensions: readonly DaemonExtension[] = []): Promise<number> {
+  let args;
+  try {
+    args = parseDaemonArgs(argv, extensions.flatMap((e) => e.options));
+  } catch (err) {
+    return usageFailure(err);
+  }
+  if (args.help) {
+    process.stdout.write(DAEMON_USAGE);
+    return 0;
+  }
+  if (args.logLevel) setLogLevel(args.logLevel);
+  const log = rootLogger.child({ component: 'daemon' });
+  const daemon = new Daemon();
+
+  try {
+    for (const action of args.actions) await apply(action, daemon, extensions);
+    if (args.pidfile) writePidfile(args.pidfile);
+  } catch (err) {
+    const failure = err instanceof DaemonUsageError ? err : new DaemonUsageError('startup', (err as Error).message);
+    await daemon.shutdown('startup failure').catch(() => undefined);
+    return usageFailure(failure);
+  }
+
+  const stopped = new Promise<string>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
+  // An idle daemon (no listener yet) must stay up until told to stop.
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+  process.stdout.write(`${JSON.stringify({
+    event: 'daemon.ready',
+    pid: process.pid,
+    nbd: daemon.nbdAddress(),
+    exports: daemon.listExports().map((e) => e.name),
+    pidfile: args.pidfile ?? null,
+  })}\n`);
+  log.info('daemon.ready', { pid: process.pid, nbd: daemon.nbdAddress() });
+
+  const signal = await stopped;
+  clearInterval(keepAlive);
+  let status = 0;
+  try {
+    for (const e of extensions) await e.close?.();
+    await daemon.shutdown('host-signal');
+  } catch (err) {
+    log.error('daemon.shutdown-failed', { error: err });
+    status = 1;
+  } finally {
+    if (args.pidfile) removePidfile(args.pidfile);
+  }
+  log.info('daemon.exit', { signal, status });
+  return status;
+}
+
+async function apply(action: DaemonAction, daemon: Daemon, extensions: readonly DaemonExtension[]): Promise<void> {
+  const option = action.kind === 'extension' ? `--${action.option}` : `--${action.kind}`;
+  try {
+    switch (action.kind) {
+      case 'blockdev':
+        await daemon.addBlockdev(action.options);
+        return;
+      case 'nbd-server':
+        await daemon.startNbdServer(action.config);
+        return;
+      case 'export':
+        daemon.addExport(action.config);
+        return;
+      case 'extension': {
+        const ext = extensions.find((e) => e.options.includes(action.option))!;
+        await ext.apply(action.option, action.value, daemon);
+        return;
+      }
+    }
+  } catch (err) {
+    throw new DaemonUsageError(option, err instanceof Error ? err.message : String(err));
+  }
+}
+
+function usageFailure(err: unknown): number {
+  const message = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`colo-blk daemon: ${message}\n`);
+  return 1;
+}
+
+/** Refuses a pidfile that names another live process; writes ours atomically. */
+function writePidfile(path: string): void {
+  if (existsSync(path)) {
+    const other = Number(readFileSync(path, 'utf8').trim());
+    if (Number.isInteger(other) && other > 0 && other !== process.pid && isAlive(other)) {
+      throw new DaemonUsageError('--pidfile', `${path} belongs to running process ${other}`);
+    }
+  }
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, `${process.pid}\n`);
+  renameSync(tmp, path);
+}
+
+function removePidfile(path: string): void {
+  try {
+    if (Number(readFileSync(path, 'utf8').trim()) === process.pid) unlinkSync(path);
+  } catch {
+    // Already gone.
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
