@@ -32,6 +32,10 @@ export const DEFAULT_LIMITS: ConnectionLimits = {
 
 export type RemoveMode = 'safe' | 'hard';
 
+export type ServerEvent =
+  | { type: 'connect'; conn: ConnectionInfo }
+  | { type: 'disconnect'; conn: ConnectionInfo };
+
 export class NbdServer implements ConnectionHost, ExportCatalog {
   readonly limits: ConnectionLimits;
   readonly blockSizes: BlockSizes;
@@ -41,6 +45,7 @@ export class NbdServer implements ConnectionHost, ExportCatalog {
   private listener: net.Server | null = null;
   private unixPath: string | null = null;
   private nextConnId = 1;
+  private readonly listeners = new Set<(e: ServerEvent) => void>();
   private readonly log: Logger;
   readonly maxConnections: number;
 
@@ -57,6 +62,16 @@ export class NbdServer implements ConnectionHost, ExportCatalog {
     this.maxConnections = options.maxConnections ?? 0;
     this.log = (options.logger ?? rootLogger).child({ component: 'nbd-server' });
     this.blockSizes = { minimum: 1, preferred: 4096, maximum: this.limits.maxPayload };
+  }
+
+  /** Connection events (for monitors and tests); returns the unsubscribe function. */
+  onEvent(listener: (e: ServerEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private emit(e: ServerEvent): void {
+    for (const l of this.listeners) l(e);
   }
 
   // ---------------------------------------------------------------- listener
@@ -204,6 +219,10 @@ export class NbdServer implements ConnectionHost, ExportCatalog {
     const conn = new ServerConnection(id, socket, this, this.limits, this.log);
     this.connections.add(conn);
     this.log.info('nbd.connect', { conn: id, remote: conn.remote });
-    void conn.closed.then(() => this.connections.delete(conn));
+    this.emit({ type: 'connect', conn: conn.info() });
+    void conn.closed.then(() => {
+      this.connections.delete(conn);
+      this.emit({ type: 'disconnect', conn: conn.info() });
+    });
   }
 }

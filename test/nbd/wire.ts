@@ -153,6 +153,19 @@ export class RawClient {
     return { magic: h.readUInt32BE(0), error, cookie: h.readUInt32BE(12), data };
   }
 
+  /** `n` simple replies in whatever order they come; `reads` gives the data length by cookie. */
+  async simpleReplies(n: number, reads: Map<number, number> = new Map()): Promise<Map<number, { error: number; data: Buffer }>> {
+    const out = new Map<number, { error: number; data: Buffer }>();
+    for (let i = 0; i < n; i++) {
+      const h = await this.read(16);
+      const error = h.readUInt32BE(4);
+      const cookie = h.readUInt32BE(12);
+      const len = reads.get(cookie) ?? 0;
+      out.set(cookie, { error, data: error === 0 && len > 0 ? await this.read(len) : Buffer.alloc(0) });
+    }
+    return out;
+  }
+
   /** One structured chunk (or a simple reply, flagged by its magic). */
   async chunk(): Promise<{ magic: number; flags: number; type: number; cookie: number; payload: Buffer }> {
     const first = await this.read(4);
