@@ -140,7 +140,6 @@ export class ReconnectingClient {
       log.warn('nbd-client.state', { state: 'failing', reason: 'reconnect-delay expired' });
       this.notify();
     }, this.options.reconnectDelayMs);
-    this.delayTimer.unref();
     void this.reconnectLoop();
   }
 
@@ -173,7 +172,8 @@ export class ReconnectingClient {
       await new Promise<void>((resolve) => {
         this.wakeRetry = resolve;
         this.retryTimer = setTimeout(resolve, delay);
-        this.retryTimer.unref();
+        // Requests waiting out the delay keep the process alive; a node that only fails does not.
+        if (this.state !== 'waiting') this.retryTimer.unref();
       });
       this.wakeRetry = null;
       delay = Math.min(delay * 2, MAX_RETRY_MS);
