@@ -26,7 +26,26 @@ export interface DaemonExtension {
   close?(): Promise<void>;
 }
 
-export async function daemonMain(argv: readonly string[], extensions: readonly DaemonExtension[] = []): Promise<number> {
+/** Where the daemon's own output goes (tests pass their own). */
+export interface DaemonOutput {
+  stdout(text: string): void;
+  stderr(text: string): void;
+}
+
+const PROCESS_OUTPUT: DaemonOutput = {
+  stdout: (text) => process.stdout.write(text),
+  stderr: (text) => process.stderr.write(text),
+};
+
+export async function daemonMain(
+  argv: readonly string[],
+  extensions: readonly DaemonExtension[] = [],
+  output: DaemonOutput = PROCESS_OUTPUT,
+): Promise<number> {
+  const usageFailure = (err: unknown): number => {
+    output.stderr(`colo-blk daemon: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  };
   let args;
   try {
     args = parseDaemonArgs(argv, extensions.flatMap((e) => e.options));
@@ -34,7 +53,7 @@ export async function daemonMain(argv: readonly string[], extensions: readonly D
     return usageFailure(err);
   }
   if (args.help) {
-    process.stdout.write(DAEMON_USAGE);
+    output.stdout(DAEMON_USAGE);
     return 0;
   }
   if (args.logLevel) setLogLevel(args.logLevel);
@@ -56,7 +75,7 @@ export async function daemonMain(argv: readonly string[], extensions: readonly D
   });
   // An idle daemon (no listener yet) must stay up until told to stop.
   const keepAlive = setInterval(() => undefined, 1 << 30);
-  process.stdout.write(`${JSON.stringify({
+  output.stdout(`${JSON.stringify({
     event: 'daemon.ready',
     pid: process.pid,
     nbd: daemon.nbdAddress(),
@@ -103,12 +122,6 @@ async function apply(action: DaemonAction, daemon: Daemon, extensions: readonly 
   } catch (err) {
     throw new DaemonUsageError(option, err instanceof Error ? err.message : String(err));
   }
-}
-
-function usageFailure(err: unknown): number {
-  const message = err instanceof Error ? err.message : String(err);
-  process.stderr.write(`colo-blk daemon: ${message}\n`);
-  return 1;
 }
 
 /** Refuses a pidfile that names another live process; writes ours atomically. */
