@@ -316,7 +316,7 @@ export class ServerConnection {
       // Replies finishing in the same tick leave in one writev.
       this.corked = true;
       socket.cork();
-      process.nextTick(this.uncork);
+      setImmediate(this.uncork);
     }
     for (const b of buffers) socket.write(b);
   }
