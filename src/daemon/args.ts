@@ -139,7 +139,7 @@ export function parseExport(text: string): ExportConfig {
   if (id === undefined) throw new BlockError('EINVAL', "Parameter 'id' is missing");
   const nodeName = o.optString('node-name');
   if (nodeName === undefined) throw new BlockError('EINVAL', "Parameter 'node-name' is missing");
-  const config: ExportConfig = { id, nodeName };
+  const config: ExportConfig = { id, node: nodeName };
   const name = o.optString('name');
   if (name !== undefined) config.name = name;
   const writable = o.optBool('writable');
@@ -148,8 +148,8 @@ export function parseExport(text: string): ExportConfig {
   if (description !== undefined) config.description = description;
   const writethrough = o.optBool('writethrough');
   if (writethrough !== undefined) config.writethrough = writethrough;
-  // Accepted for compatibility: qemu:allocation-depth is always offered.
-  o.optBool('allocation-depth');
+  const depth = o.optBool('allocation-depth');
+  if (depth !== undefined) config.allocationDepth = depth;
   if (o.has('bitmaps') || o.has('bitmap')) throw new BlockError('ENOTSUP', 'dirty bitmap exports are not supported');
   refuseLeftovers(o);
   return config;

@@ -26,22 +26,28 @@ export interface NbdServerConfig {
 export interface ExportConfig {
   /** The block-export id (QMP's `id`). */
   id: string;
-  nodeName: string;
+  /** The node to export, or its node name. */
+  node: BlockNode | string;
   /** The NBD export name; defaults to the node name, as in QEMU. */
   name?: string;
   writable?: boolean;
   description?: string;
+  /** Flush every write before answering it. */
   writethrough?: boolean;
+  /** Offer the `qemu:allocation-depth` context (off by default, as in QEMU). */
+  allocationDepth?: boolean;
 }
 
+/** What query-block-exports shows, plus the NBD details and counters. */
 export interface ExportInfo {
   id: string;
   type: 'nbd';
-  'node-name': string;
+  nodeName: string;
   name: string;
   writable: boolean;
   description: string;
-  'shutting-down': boolean;
+  /** Removal was requested and clients are still being shut down. */
+  shuttingDown: boolean;
   stats: ExportStats;
 }
 
@@ -81,6 +87,10 @@ export class Daemon {
     return this.server;
   }
 
+  get serverRunning(): boolean {
+    return this.server !== null;
+  }
+
   async startNbdServer(config: NbdServerConfig): Promise<SocketAddress> {
     if (this.server) throw new BlockError('EBUSY', 'NBD server already running');
     const server = new NbdServer({ ...config.limits, maxConnections: config.maxConnections ?? 0 });
@@ -108,14 +118,21 @@ export class Daemon {
     const server = this.server;
     if (!server) throw new BlockError('EINVAL', 'NBD server not running');
     if (this.exportsById.has(config.id)) throw new BlockError('EEXIST', `Block export id '${config.id}' is already in use`);
-    const node = this.graph.get(config.nodeName);
-    const name = config.name ?? config.nodeName;
+    const node = typeof config.node === 'string' ? this.graph.get(config.node) : config.node;
+    const name = config.name ?? node.nodeName;
     if (server.getExport(name)) throw new BlockError('EEXIST', `NBD server already has export named '${name}'`);
     const writable = config.writable ?? false;
-    if (writable && node.readOnly) throw new BlockError('EROFS', `Cannot export read-only node '${config.nodeName}' as writable`);
-    server.addExport({ name, node, writable, description: config.description ?? '', writethrough: config.writethrough ?? false });
+    if (writable && node.readOnly) throw new BlockError('EROFS', `Cannot export read-only node '${node.nodeName}' as writable`);
+    server.addExport({
+      name,
+      node,
+      writable,
+      description: config.description ?? '',
+      writethrough: config.writethrough ?? false,
+      allocationDepth: config.allocationDepth ?? false,
+    });
     this.exportsById.set(config.id, { name, removing: false });
-    return this.exportInfo(config.id)!;
+    return this.findExport(config.id)!;
   }
 
   /**
@@ -137,22 +154,28 @@ export class Daemon {
     this.emit({ event: 'BLOCK_EXPORT_DELETED', data: { id } });
   }
 
+  /** Newest first, as QEMU's query-block-exports lists them. */
   listExports(): ExportInfo[] {
-    return [...this.exportsById.keys()].map((id) => this.exportInfo(id)!).filter(Boolean);
+    return [...this.exportsById.keys()].reverse().map((id) => this.findExport(id)!).filter(Boolean);
   }
 
-  exportInfo(id: string): ExportInfo | undefined {
+  /** Whether some export is served under this NBD name. */
+  hasExportName(name: string): boolean {
+    return this.server?.getExport(name) !== undefined;
+  }
+
+  findExport(id: string): ExportInfo | undefined {
     const entry = this.exportsById.get(id);
     const exp = entry && this.server?.getExport(entry.name);
     if (!entry || !exp) return undefined;
     return {
       id,
       type: 'nbd',
-      'node-name': exp.node.nodeName,
+      nodeName: exp.node.nodeName,
       name: exp.name,
       writable: exp.writable,
       description: exp.description,
-      'shutting-down': entry.removing,
+      shuttingDown: entry.removing,
       stats: { ...exp.stats },
     };
   }

@@ -32,6 +32,8 @@ export interface ExportOptions {
   description?: string;
   /** Make every write durable before answering it (QEMU's writethrough export option). */
   writethrough?: boolean;
+  /** Offer the `qemu:allocation-depth` context (QEMU's allocation-depth option, off by default). */
+  allocationDepth?: boolean;
 }
 
 export class NbdExport implements ExportDescriptor {
@@ -39,6 +41,7 @@ export class NbdExport implements ExportDescriptor {
   readonly description: string;
   readonly writable: boolean;
   readonly writethrough: boolean;
+  readonly allocationDepth: boolean;
   readonly backend: BlockBackend;
   readonly lock = new RangeLock();
   readonly stats: ExportStats = {
@@ -50,6 +53,7 @@ export class NbdExport implements ExportDescriptor {
     this.description = options.description ?? '';
     this.writable = options.writable ?? false;
     this.writethrough = options.writethrough ?? false;
+    this.allocationDepth = options.allocationDepth ?? false;
     if (this.writable && options.node.readOnly) {
       throw new BlockError('EROFS', `Cannot export read-only node '${options.node.nodeName}' as writable`);
     }

@@ -18,6 +18,8 @@ export interface ExportDescriptor {
   readonly description: string;
   readonly size: number;
   readonly writable: boolean;
+  /** Offer `qemu:allocation-depth` (QEMU offers it only when the export asks for it). */
+  readonly allocationDepth: boolean;
 }
 
 export interface ExportCatalog {
@@ -303,6 +305,7 @@ export class ServerNegotiation {
       matchQuery(decodeString(raw), listing, sel);
     }
     if (r.left !== 0) throw invalid(`option ${optionName(code)} has unexpected length`);
+    if (!exp.allocationDepth) sel.allocationDepth = false;
 
     const replies: Buffer[] = [];
     if (sel.baseAllocation) replies.push(this.contextReply(code, listing ? 0 : MetaId.BASE_ALLOCATION, META_BASE_ALLOCATION));

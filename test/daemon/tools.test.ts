@@ -29,7 +29,7 @@ before(async () => {
     '--export', 'type=nbd,id=e0,node-name=disk0,name=disk,writable=on,description=the raw disk',
     '--export', 'type=nbd,id=e1,node-name=base,writable=on',
     '--export', 'type=nbd,id=e2,node-name=hidden,writable=on',
-    '--export', 'type=nbd,id=e3,node-name=active,writable=on',
+    '--export', 'type=nbd,id=e3,node-name=active,writable=on,allocation-depth=on',
     '--pidfile', dir.file('daemon.pid'),
   ]);
   uri = `nbd://127.0.0.1:${daemon.port}/disk`;
@@ -101,7 +101,9 @@ test('nbdinfo --list, --map and --map=qemu:allocation-depth', async () => {
   const list = await runOk('nbdinfo', ['--list', `nbd://127.0.0.1:${daemon.port}`]);
   for (const name of ['disk', 'base', 'hidden', 'active']) assert.match(list.stdout, new RegExp(`export="${name}"`));
   assert.match(list.stdout, /description: the raw disk/);
-  assert.match(list.stdout, /qemu:allocation-depth/);
+  const exportsText = list.stdout.split(/(?=export=)/);
+  assert.match(exportsText.find((t) => t.startsWith('export="active"'))!, /qemu:allocation-depth/);
+  assert.doesNotMatch(exportsText.find((t) => t.startsWith('export="disk"'))!, /qemu:allocation-depth/, 'offered only where enabled, as in QEMU');
   assert.match(list.stdout, /block_size_maximum: 33554432/);
   const map = await runOk('nbdinfo', ['--map', chainUri]);
   assert.deepEqual(map.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/).slice(0, 3)), [
@@ -208,6 +210,6 @@ test('nbdsh (libnbd, strict mode off): out-of-range and malformed requests get t
     still_ok: 4096,
     can_multi_conn: true,
     can_fast_zero: true,
-    contexts: ['base:allocation', 'qemu:allocation-depth'],
+    contexts: ['base:allocation'],
   });
 });

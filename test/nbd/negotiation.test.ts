@@ -6,8 +6,8 @@ import { ServerNegotiation, transmissionFlags, type ExportDescriptor, type Negot
 import { goData, metaData, u32 } from './wire.js';
 
 const exports: ExportDescriptor[] = [
-  { name: 'disk', description: 'the disk', size: 1 << 20, writable: true },
-  { name: 'ro', description: '', size: 4096, writable: false },
+  { name: 'disk', description: 'the disk', size: 1 << 20, writable: true, allocationDepth: true },
+  { name: 'ro', description: '', size: 4096, writable: false, allocationDepth: false },
 ];
 const catalog = {
   find: (n: string) => exports.find((e) => e.name === n),
@@ -131,6 +131,9 @@ test('contexts selected for one export do not apply to another; unknown exports 
   assert.equal(replies(opt(n, Opt.LIST_META_CONTEXT, metaData('nope', [])))[0]!.type, Rep.ERR_UNKNOWN);
   assert.deepEqual(contexts(opt(n, Opt.SET_META_CONTEXT, metaData('disk', ['base:allocation']))), [[0, 'base:allocation']]);
   assert.deepEqual(opt(n, Opt.GO, goData('ro')).session!.meta, { baseAllocation: false, allocationDepth: false });
+  assert.deepEqual(contexts(opt(n, Opt.LIST_META_CONTEXT, metaData('ro', []))), [[0, 'base:allocation']],
+    'qemu:allocation-depth only on exports that enable it');
+  assert.deepEqual(contexts(opt(n, Opt.SET_META_CONTEXT, metaData('ro', ['qemu:allocation-depth']))), []);
   const m = fresh();
   opt(m, Opt.STRUCTURED_REPLY);
   opt(m, Opt.SET_META_CONTEXT, metaData('disk', ['base:allocation']));

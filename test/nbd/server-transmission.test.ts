@@ -26,7 +26,7 @@ async function chainServer() {
   await active.write(3 * K64, Buffer.alloc(K64, 0x33));
   await active.writeZeroes(5 * K64, K64, Req.MAY_UNMAP);
   const server = new NbdServer();
-  server.addExport({ name: 'top', node: active, writable: true });
+  server.addExport({ name: 'top', node: active, writable: true, allocationDepth: true });
   const addr = await server.listen({ type: 'inet', host: '127.0.0.1', port: 0 });
   const port = addr.type === 'inet' ? Number(addr.port) : 0;
   return {
