@@ -263,8 +263,34 @@ export class NbdClient implements ReplyTargets {
     this.inFlight--;
     if (p.error) p.reject(p.error);
     else p.resolve(p);
+    if (p.error?.code === 'ESHUTDOWN') this.serverShuttingDown();
     const w = this.slotWaiters.shift();
     if (w) w();
+  }
+
+  /**
+   * The spec: a client that receives ESHUTDOWN must disconnect softly. New
+   * requests fail as if the connection were lost (so a reconnecting driver
+   * retries them elsewhere); DISC goes out once nothing is in flight.
+   */
+  private serverShuttingDown(): void {
+    if (this.failure !== null) return;
+    this.failure = new ConnectionLostError(`server ${describe(this.address)} is shutting down`);
+    this.log.warn('nbd-client.connection-lost', { error: this.failure.message });
+    this.onLost?.(this.failure);
+    this.closing = true;
+    for (const waiter of this.slotWaiters.splice(0)) waiter();
+    const disconnect = (): void => {
+      if (this.inFlight > 0) {
+        this.slotWaiters.push(disconnect);
+        return;
+      }
+      const hdr = Buffer.allocUnsafe(REQUEST_SIZE);
+      writeRequest(hdr, 0, 0, Cmd.DISC, 0, 0, 0, 0);
+      if (this.socket.writable) this.socket.end(hdr);
+      setTimeout(() => this.socket.destroy(), 2000).unref();
+    };
+    disconnect();
   }
 
   // -------------------------------------------------------------- ReplyTargets

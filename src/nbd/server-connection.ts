@@ -29,6 +29,8 @@ export interface ConnectionLimits {
   /** Reply bytes queued for a slow reader before we stop reading its requests. */
   maxQueuedReplyBytes: number;
   handshakeTimeoutMs: number;
+  /** How long a closing connection may take to hand its last replies to a client that does not read them. */
+  closeTimeoutMs: number;
 }
 
 /** What a connection needs from its server. */
@@ -69,6 +71,7 @@ export class ServerConnection {
   private readDone = false;
   private corked = false;
   private socketClosed = false;
+  private ending = false;
   private handshakeTimer: NodeJS.Timeout | null;
   private closeReason = 'client disconnected';
   private resolveClosed!: () => void;
@@ -342,9 +345,11 @@ export class ServerConnection {
 
   /** Closes our side once nothing is in flight; the replies already queued go first. */
   private maybeFinish(): void {
-    if (this.inFlight > 0 || this.socket.destroyed) return;
+    if (this.inFlight > 0 || this.socket.destroyed || this.ending) return;
+    this.ending = true;
     if (this.socket.writable) {
       this.socket.end(() => this.socket.destroy());
+      setTimeout(() => this.socket.destroy(), this.limits.closeTimeoutMs).unref();
     } else {
       this.socket.destroy();
     }

@@ -28,6 +28,7 @@ export const DEFAULT_LIMITS: ConnectionLimits = {
   maxInFlightBytes: 64 * 1024 * 1024,
   maxQueuedReplyBytes: 64 * 1024 * 1024,
   handshakeTimeoutMs: 10_000,
+  closeTimeoutMs: 5_000,
 };
 
 export type RemoveMode = 'safe' | 'hard';

@@ -251,3 +251,25 @@ test('export removal: safe refuses while in use, hard drops the clients', () => 
   assert.equal(r.type, Rep.ERR_UNKNOWN);
   probe.destroy();
 }));
+
+test('a graceful close does not wait forever for a client that stopped reading', async () => {
+  const t = await startServer({ closeTimeoutMs: 200, maxQueuedReplyBytes: 1024 * 1024 });
+  const c = await RawClient.connect(t.port);
+  await c.handshake('disk');
+  c.socket.pause();
+  c.write(Buffer.concat(Array.from({ length: 200 }, (_, i) => request(Cmd.READ, 0, i, 0, 256 * 1024))));
+  const exp = t.server.getExport('disk')!;
+  while (exp.stats.requests === 0) await new Promise((r) => setTimeout(r, 10));
+  await t.server.close();
+  assert.equal(t.server.connectionList().length, 0);
+  c.destroy();
+  await t.close();
+});
+
+test('max-connections: connections beyond the limit are refused, the others keep working', () => withServer(async (t) => {
+  const first = await t.connect();
+  const refused = await RawClient.connect(t.port);
+  assert.ok(await refused.expectClose(), 'the extra connection is closed at once');
+  await first.read(0, Buffer.alloc(512));
+  await first.close();
+}, { maxConnections: 1 }));
