@@ -115,7 +115,12 @@ export class ClientDecoder {
     this.sink = null;
   }
 
-  push(chunk: Buffer): void {
+  /**
+   * Adds received bytes. A `transient` chunk (a reused read buffer) must be
+   * followed, once `next()` has returned null, by `detach()` before the
+   * buffer is reused.
+   */
+  push(chunk: Buffer, transient = false): void {
     let data = chunk;
     if (this.state === State.Data) {
       const n = Math.min(this.sink!.length - this.filled, data.length);
@@ -125,7 +130,11 @@ export class ClientDecoder {
     } else if (this.state === State.Idle) {
       return;
     }
-    this.rb.push(data);
+    this.rb.push(data, transient);
+  }
+
+  detach(): void {
+    this.rb.detach();
   }
 
   next(): ClientFrame | null {

@@ -99,10 +99,20 @@ export class NbdClient implements ReplyTargets {
     if (!Number.isInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > 0xffff) {
       throw new BlockError('EINVAL', 'maxInFlight must be between 1 and 65535');
     }
+    // Reads land in one reused buffer, large enough to take a whole reply in a
+    // few system calls; the decoder copies what it keeps (see onBytes).
+    let client: NbdClient | null = null;
+    const onread = {
+      buffer: Buffer.allocUnsafe(READ_BUFFER),
+      callback: (n: number, buf: Uint8Array): boolean => {
+        client?.onBytes(buf as Buffer, n);
+        return true;
+      },
+    };
     const socket = address.type === 'unix'
-      ? net.createConnection({ path: address.path })
-      : net.createConnection({ host: address.host, port: Number(address.port) });
-    const client = new NbdClient(socket, address, maxInFlight, log);
+      ? net.createConnection({ path: address.path, onread })
+      : net.createConnection({ host: address.host, port: Number(address.port), onread });
+    client = new NbdClient(socket, address, maxInFlight, log);
     const timeoutMs = options.connectTimeoutMs ?? 10_000;
     const timer = setTimeout(() => client.abort(new ConnectionLostError(
       `timed out after ${timeoutMs} ms connecting to ${describe(address)}`)), timeoutMs);
@@ -121,7 +131,6 @@ export class NbdClient implements ReplyTargets {
   private async start(options: ClientOptions): Promise<void> {
     const socket = this.socket;
     socket.setNoDelay(true);
-    socket.on('data', this.onData);
     let connected = false;
     socket.once('connect', () => { connected = true; });
     socket.on('error', (err: NodeJS.ErrnoException) => {
@@ -323,13 +332,15 @@ export class NbdClient implements ReplyTargets {
 
   // ------------------------------------------------------------------- replies
 
-  private readonly onData = (chunk: Buffer): void => {
-    this.decoder.push(chunk);
+  /** @internal Bytes from the socket's reused read buffer: parsed now, leftovers copied before returning. */
+  onBytes(buf: Buffer, n: number): void {
+    this.decoder.push(buf.subarray(0, n), true);
     try {
       for (let f = this.decoder.next(); f; f = this.decoder.next()) {
         if (this.negotiated === null) this.queueHandshakeFrame(f);
         else this.onReply(f);
       }
+      this.decoder.detach();
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       this.log.error('nbd-client.protocol-error', { error: message });
@@ -465,6 +476,8 @@ export class NbdClient implements ReplyTargets {
 }
 
 function noop(): void {}
+
+const READ_BUFFER = 256 * 1024;
 
 const SOCKET_ERRORS: Record<string, string> = {
   ECONNREFUSED: 'Connection refused',

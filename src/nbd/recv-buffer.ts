@@ -8,6 +8,10 @@
  * scratch buffer that is reused and grows only as far as the largest partial
  * frame. Views into an adopted chunk may escape (Node never reuses a socket
  * chunk); views into the scratch buffer never do — `take` copies those.
+ *
+ * A transient chunk (a socket's reusable `onread` buffer) is adopted only
+ * until `detach`, which the reader calls before the buffer is reused; `take`
+ * copies out of it too.
  */
 
 const EMPTY = Buffer.alloc(0);
@@ -19,17 +23,19 @@ export class RecvBuffer {
   pos = 0;
   private end = 0;
   private scratch: Buffer | null = null;
+  private transient = false;
 
   get length(): number {
     return this.end - this.pos;
   }
 
-  push(chunk: Buffer): void {
+  push(chunk: Buffer, transient = false): void {
     if (chunk.length === 0) return;
     if (this.end === this.pos) {
       this.data = chunk;
       this.pos = 0;
       this.end = chunk.length;
+      this.transient = transient;
       return;
     }
     const pending = this.end - this.pos;
@@ -50,6 +56,24 @@ export class RecvBuffer {
     this.data = target;
     this.pos = 0;
     this.end = need;
+    this.transient = false;
+  }
+
+  /** Moves unparsed bytes out of a transient chunk before its owner reuses it. */
+  detach(): void {
+    if (!this.transient) return;
+    this.transient = false;
+    if (this.end === this.pos) return;
+    const pending = this.end - this.pos;
+    let target = this.scratch;
+    if (!target || target.length < pending) {
+      target = Buffer.allocUnsafe(Math.max(MIN_SCRATCH, pending));
+      this.scratch = target;
+    }
+    this.data.copy(target, 0, this.pos, this.end);
+    this.data = target;
+    this.pos = 0;
+    this.end = pending;
   }
 
   skip(n: number): void {
@@ -63,7 +87,7 @@ export class RecvBuffer {
    */
   take(n: number): Buffer {
     const start = this.pos;
-    const out = this.data === this.scratch
+    const out = this.data === this.scratch || this.transient
       ? Buffer.from(this.data.subarray(start, start + n))
       : this.data.subarray(start, start + n);
     this.skip(n);
@@ -89,6 +113,7 @@ export class RecvBuffer {
   }
 
   private reset(): void {
+    this.transient = false;
     this.data = EMPTY;
     this.pos = 0;
     this.end = 0;
