@@ -26,7 +26,7 @@ import { rootLogger } from '../util/log.js';
 import { describe, nbdUri, parseNbdUri, readSocketAddress, type SocketAddress } from '../nbd/address.js';
 import type { NbdClient } from '../nbd/client.js';
 import { CmdFlag, META_BASE_ALLOCATION, StateFlag, TxFlag } from '../nbd/constants.js';
-import { ReconnectingClient } from '../nbd/reconnect.js';
+import { ReconnectingClient, type ConnectionState } from '../nbd/reconnect.js';
 
 const MAX_REQUEST = 32 * 1024 * 1024;
 /** Lengths without a payload (trim, block status) are 32-bit on the wire. */
@@ -65,8 +65,13 @@ export class NbdNode extends BlockNode {
   }
 
   /** Connection state, for status reports: connected, waiting, failing, dead, closed. */
-  get connectionState(): string {
+  get connectionState(): ConnectionState {
     return this.conn.state;
+  }
+
+  /** Calls `listener` on every connection state change; returns the unsubscribe function. */
+  onConnectionStateChange(listener: (state: ConnectionState, error: BlockError | null) => void): () => void {
+    return this.conn.onStateChange(listener);
   }
 
   private has(flag: number): boolean {

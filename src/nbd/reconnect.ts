@@ -41,6 +41,7 @@ export class ReconnectingClient {
   private stateValue: ConnectionState = 'connected';
   private failure: BlockError | null = null;
   private waiters: Array<() => void> = [];
+  private readonly listeners = new Set<(state: ConnectionState, error: BlockError | null) => void>();
   private delayTimer: NodeJS.Timeout | null = null;
   private retryTimer: NodeJS.Timeout | null = null;
   private wakeRetry: (() => void) | null = null;
@@ -110,7 +111,7 @@ export class ReconnectingClient {
 
   async close(): Promise<void> {
     if (this.stateValue === 'closed') return;
-    this.stateValue = 'closed';
+    this.setState('closed');
     this.clearTimers();
     this.wakeRetry?.();
     this.notify();
@@ -126,17 +127,17 @@ export class ReconnectingClient {
     this.failure = err;
     const log = this.options.log;
     if (!(err instanceof ConnectionLostError) || this.options.reconnectDelayMs === 0) {
-      this.stateValue = 'dead';
+      this.setState('dead');
       log.warn('nbd-client.state', { state: 'dead', error: err.message });
       this.notify();
       return;
     }
-    this.stateValue = 'waiting';
+    this.setState('waiting');
     log.warn('nbd-client.state', { state: 'waiting', error: err.message, reconnectDelayMs: this.options.reconnectDelayMs });
     this.delayTimer = setTimeout(() => {
       this.delayTimer = null;
       if (this.stateValue !== 'waiting') return;
-      this.stateValue = 'failing';
+      this.setState('failing');
       log.warn('nbd-client.state', { state: 'failing', reason: 'reconnect-delay expired' });
       this.notify();
     }, this.options.reconnectDelayMs);
@@ -161,7 +162,7 @@ export class ReconnectingClient {
         this.client = client;
         this.watch(client);
         this.clearTimers();
-        this.stateValue = 'connected';
+        this.setState('connected');
         this.reconnects++;
         log.info('nbd-client.state', { state: 'connected', reconnects: this.reconnects, server: describe(this.options.address) });
         this.notify();
@@ -178,6 +179,18 @@ export class ReconnectingClient {
       this.wakeRetry = null;
       delay = Math.min(delay * 2, MAX_RETRY_MS);
     }
+  }
+
+  /** Subscribes to state changes (the replication engine and status reports use it). */
+  onStateChange(listener: (state: ConnectionState, error: BlockError | null) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private setState(state: ConnectionState): void {
+    if (this.stateValue === state) return;
+    this.stateValue = state;
+    for (const l of this.listeners) l(state, state === 'connected' || state === 'closed' ? null : this.failure);
   }
 
   private notify(): void {

@@ -36,13 +36,21 @@ function dataChunk(done: boolean, cookie: number, offset: number, data: Buffer):
   return b;
 }
 
+/**
+ * Decodes like the client does: each chunk goes through one reused read
+ * buffer (scribbled over after every push), so a view that escaped would show.
+ */
 function decode(chunks: Buffer[], targets: Targets, setup: (d: ClientDecoder) => void): ClientFrame[] {
   const d = new ClientDecoder(targets);
   setup(d);
   const out: ClientFrame[] = [];
+  const reused = Buffer.alloc(4096);
   for (const c of chunks) {
-    d.push(c);
-    for (let f = d.next(); f; f = d.next()) out.push(f.kind === 'option-reply' ? { ...f, data: Buffer.from(f.data) } : f);
+    c.copy(reused);
+    d.push(reused.subarray(0, c.length), true);
+    for (let f = d.next(); f; f = d.next()) out.push(f);
+    d.detach();
+    reused.fill(0xee);
   }
   return out;
 }

@@ -149,6 +149,8 @@ test('a lost connection fails the request in flight and later ones with EIO', ()
   (dir) => nbdkit(dir.file('d.sock'), dir.file('d.pid'), ['-e', 'disk', '--filter=delay', 'memory', '16M', 'delay-read=30']),
   async (g, dir, peer) => {
     const node = await openNbd(g, dir.file('d.sock'));
+    const states: string[] = [];
+    (node as NbdNode).onConnectionStateChange((state, error) => states.push(`${state}:${error?.code ?? ''}`));
     await node.write(0, Buffer.alloc(4096, 1));
     const inFlight = node.read(0, Buffer.alloc(4096));
     const failed = assert.rejects(inFlight, (e: Error & { code?: string }) => e.code === 'EIO');
@@ -156,6 +158,7 @@ test('a lost connection fails the request in flight and later ones with EIO', ()
     await failed;
     await assert.rejects(node.write(0, Buffer.alloc(512)), (e: Error & { code?: string }) => e.code === 'EIO');
     assert.equal((node as NbdNode).connectionState, 'dead');
+    assert.deepEqual(states, ['dead:EIO']);
     await assert.rejects(g.closeAll(), (e: Error & { code?: string }) => e.code === 'EIO', 'closing flushes, which cannot reach the server');
   },
 ));
@@ -164,6 +167,8 @@ test('reconnect-delay: requests wait for a restarted server and succeed; after t
   (dir) => qemuNbd(sparseFile(dir.file('r.raw'), SIZE), dir.file('r.sock'), dir.file('r.pid')),
   async (g, dir, peer) => {
     const node = await openNbd(g, dir.file('r.sock'), { 'reconnect-delay': 20 }) as NbdNode;
+    const states: string[] = [];
+    node.onConnectionStateChange((state) => states.push(state));
     await node.write(0, Buffer.alloc(4096, 0x11), Req.FUA);
     await peer.stop('SIGKILL');
     const during = node.write(8192, Buffer.alloc(4096, 0x22), Req.FUA);
@@ -171,6 +176,7 @@ test('reconnect-delay: requests wait for a restarted server and succeed; after t
     try {
       await during;
       assert.equal(node.connectionState, 'connected');
+      assert.deepEqual(states, ['waiting', 'connected']);
       await node.flush();
       const img = readFileSync(dir.file('r.raw'));
       assert.ok(img.subarray(0, 4096).every((b) => b === 0x11) && img.subarray(8192, 12288).every((b) => b === 0x22));
