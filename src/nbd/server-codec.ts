@@ -63,6 +63,8 @@ export const DEFAULT_DECODER_LIMITS: ServerDecoderLimits = {
   maxDrain: 64 * 1024 * 1024,
 };
 
+const EMPTY_PAYLOAD = Buffer.alloc(0);
+
 const enum State {
   Flags,
   OptionHeader,
@@ -162,7 +164,11 @@ export class ServerDecoder {
         case State.Request: {
           if (rb.length < REQUEST_SIZE) return null;
           const frame = this.parseRequest();
-          if (frame.type !== Cmd.WRITE || frame.length === 0) return frame;
+          if (frame.type !== Cmd.WRITE) return frame;
+          if (frame.length === 0) {
+            frame.payload = EMPTY_PAYLOAD;
+            return frame;
+          }
           if (frame.length > this.limits.maxPayload) {
             if (frame.length > this.limits.maxDrain) {
               throw new NbdProtocolError(`write of ${frame.length} bytes exceeds the ${this.limits.maxDrain}-byte limit`);

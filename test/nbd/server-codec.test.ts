@@ -61,7 +61,7 @@ test('every client message decodes the same however the stream is cut', () => {
     req(Cmd.TRIM, 0, 5, 0, 4096),
     req(Cmd.FLUSH, 0, 6, 0, 0),
     req(Cmd.CACHE, 0, 7, 0, 10),
-    req(Cmd.WRITE, 0, 8, 0, 0),
+    req(Cmd.WRITE, 0, 8, 0, 0, Buffer.alloc(0)),
     req(Cmd.DISC, 0, 9, 0, 0),
   ];
   let cuts = 0;

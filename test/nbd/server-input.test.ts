@@ -73,6 +73,10 @@ test('out-of-range and malformed requests get the spec errno and the connection 
     assert.equal(r.magic, 0x67446698, what);
     assert.equal(r.error, errno, what);
   }
+  // Zero-length requests are pointless but legal: they succeed and change nothing.
+  c.write(Buffer.concat([request(Cmd.WRITE, 0, 50, 4096, 0), request(Cmd.TRIM, 0, 51, 0, 0), request(Cmd.WRITE_ZEROES, 0, 52, size, 0)]));
+  const zeros = await c.simpleReplies(3);
+  assert.deepEqual([...zeros].map(([k, v]) => [k, v.error]).sort(), [[50, 0], [51, 0], [52, 0]]);
   // Still in sync: a good read comes back right.
   c.write(request(Cmd.READ, 0, 99, 4096, 64));
   const ok = await c.simpleReply(64);

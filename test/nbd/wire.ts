@@ -179,6 +179,13 @@ export class RawClient {
     return { magic, flags: h.readUInt16BE(0), type: h.readUInt16BE(2), cookie: h.readUInt32BE(8), payload: await this.read(len) };
   }
 
+  /** Everything received and not yet read. */
+  rest(): Buffer {
+    const out = this.buf;
+    this.buf = Buffer.alloc(0);
+    return out;
+  }
+
   disconnect(): void {
     this.write(request(Cmd.DISC, 0, 0, 0, 0));
     this.socket.end();
