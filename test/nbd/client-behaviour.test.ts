@@ -26,6 +26,7 @@ class Peer {
   private ended = false;
 
   constructor(readonly socket: net.Socket) {
+    socket.setNoDelay(true);
     socket.on('data', (d: Buffer) => { this.buf = Buffer.concat([this.buf, d]); this.wake(); });
     socket.on('close', () => { this.ended = true; this.wake(); });
     socket.on('error', () => undefined);
@@ -283,4 +284,38 @@ test('a hole chunk must have a size: zero-length holes are protocol errors', asy
   await assert.rejects(c.read(0, Buffer.alloc(16)), isEIO);
   s.close();
   assert.equal(ChunkType.OFFSET_HOLE, 2);
+});
+
+test('fuzz: whatever a server answers, every request settles with a BlockError or success', async () => {
+  const fc = (await import('fast-check')).default;
+  const replyArb = fc.array(fc.oneof(
+    fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)),
+    fc.tuple(fc.integer({ min: 0, max: 3 }), fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 0, max: 0x8003 }), fc.integer({ min: 0, max: 40 }))
+      .map(([cookie, flags, type, len]) => {
+        const h = Buffer.alloc(20 + len, 0);
+        h.writeUInt32BE(0x668e33ef, 0);
+        h.writeUInt16BE(flags & 1, 4);
+        h.writeUInt16BE(type, 6);
+        h.writeUInt32BE(1, 8);
+        h.writeUInt32BE(cookie, 12);
+        h.writeUInt32BE(len, 16);
+        return h;
+      }),
+  ), { maxLength: 6 });
+  await fc.assert(fc.asyncProperty(replyArb, async (replies) => {
+    const s = await scripted(async (p) => {
+      await p.handshake();
+      for (const r of replies) p.write(r);
+      await new Promise<void>((resolve) => p.socket.write(Buffer.alloc(0), () => resolve()));
+    });
+    const c = await connect(s.port);
+    const settled = await Promise.allSettled([
+      c.read(0, Buffer.alloc(64)), c.write(0, Buffer.alloc(8)), c.blockStatus(0, 4096), c.flush(),
+    ]);
+    for (const r of settled) {
+      if (r.status === 'rejected') assert.ok(BlockError.is(r.reason), `rejected with ${String(r.reason)}`);
+    }
+    c.destroy();
+    s.close();
+  }), { numRuns: 60 });
 });

@@ -73,6 +73,7 @@ export class RawClient {
   readonly closed: Promise<void>;
 
   private constructor(readonly socket: net.Socket) {
+    socket.setNoDelay(true);
     socket.on('data', (d: Buffer) => {
       this.buf = Buffer.concat([this.buf, d]);
       this.wake();
