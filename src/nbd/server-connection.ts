@@ -106,7 +106,6 @@ export class ServerConnection {
     socket.write(encodeGreeting());
   }
 
-
   get exportName(): string | null {
     return this.exp?.name ?? null;
   }
