@@ -69,6 +69,25 @@ export class NbdExport implements ExportDescriptor {
     return this.backend.attached ? this.backend.size : 0;
   }
 
+  private lastErrorLog = 0;
+  private unloggedErrors = 0;
+
+  /**
+   * Whether a failed request should be logged now: at most one line a second
+   * per export, so a failing disk cannot flood the log. Returns the number of
+   * failures since the last logged one (to put in that line), or null.
+   */
+  errorLogSlot(now = Date.now()): number | null {
+    if (now - this.lastErrorLog < 1000) {
+      this.unloggedErrors++;
+      return null;
+    }
+    const skipped = this.unloggedErrors;
+    this.lastErrorLog = now;
+    this.unloggedErrors = 0;
+    return skipped;
+  }
+
   /** Lets go of the node; the export must have no connections left. */
   release(): void {
     this.backend.detach();

@@ -255,7 +255,7 @@ export class ServerConnection {
     this.clearHandshakeTimer();
     this.session = session;
     this.exp = exp;
-    this.handler = new TransmissionHandler(exp, session, this.limits.maxPayload);
+    this.handler = new TransmissionHandler(exp, session, this.limits.maxPayload, this.log.child({ conn: this.id }));
     this.decoder.startTransmission();
     this.phase = 'transmission';
     this.host.attach(this, exp);

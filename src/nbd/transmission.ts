@@ -14,6 +14,7 @@ import { blockStatusAbove } from '../block/chain.js';
 import { BlockError } from '../block/errors.js';
 import { Req, Status } from '../block/node.js';
 import type { RangeLockGuard } from '../block/range-lock.js';
+import type { Logger } from '../util/log.js';
 import {
   Cmd, CmdFlag, MetaId, NbdErr, SIMPLE_REPLY_SIZE, StateFlag, commandName,
 } from './constants.js';
@@ -47,6 +48,7 @@ export class TransmissionHandler {
     private readonly exp: NbdExport,
     private readonly session: Session,
     private readonly maxPayload: number,
+    private readonly log: Logger,
   ) {
     this.forceFua = exp.writethrough ? Req.FUA : 0;
     const f = CmdFlag;
@@ -155,7 +157,15 @@ export class TransmissionHandler {
     } catch (err) {
       stats.errors++;
       const message = err instanceof Error ? err.message : String(err);
-      return [this.rejection(req, { errno: errnoOf(err), message })];
+      const errno = errnoOf(err);
+      const skipped = this.exp.errorLogSlot();
+      if (skipped !== null) {
+        this.log.warn('nbd.request-failed', {
+          export: this.exp.name, command: commandName(req.type), offset: req.offset, length: req.length, errno, error: message,
+          ...(skipped > 0 ? { alsoFailedSinceLastLine: skipped } : {}),
+        });
+      }
+      return [this.rejection(req, { errno, message })];
     } finally {
       guard?.release();
     }

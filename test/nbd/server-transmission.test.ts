@@ -152,3 +152,17 @@ test('ENOTSUP maps to the NBD errno 95 and unknown errno values from a server be
   assert.equal(fromNbdErrno(42), 'EINVAL');
   assert.equal(fromNbdErrno(108), 'ESHUTDOWN');
 });
+
+test('failed requests are logged at most once a second per export, with the count of those not logged', async () => {
+  const { NbdExport } = await import('../../src/nbd/export.js');
+  const g = createGraph();
+  const node = await g.add({ driver: 'memory', 'node-name': 'm', size: 4096 });
+  const exp = new NbdExport({ name: 'm', node });
+  assert.equal(exp.errorLogSlot(10_000), 0);
+  assert.equal(exp.errorLogSlot(10_400), null);
+  assert.equal(exp.errorLogSlot(10_999), null);
+  assert.equal(exp.errorLogSlot(11_000), 2);
+  assert.equal(exp.errorLogSlot(12_500), 0);
+  exp.release();
+  await g.closeAll();
+});
