@@ -37,7 +37,6 @@ export class NbdNode extends BlockNode {
   private readonly maxIo: number;
   private readonly align: number;
   private readonly flags: number;
-  private readonly baseContext: number | undefined;
   /** Serialises read-modify-write at unaligned edges (only when the server's minimum block is > 1). */
   private readonly rmwLock = new RangeLock();
 
@@ -53,7 +52,6 @@ export class NbdNode extends BlockNode {
     this.align = info.minBlock;
     const max = Math.min(info.maxBlock, MAX_REQUEST);
     this.maxIo = max - (max % this.align);
-    this.baseContext = info.contexts.get(META_BASE_ALLOCATION);
   }
 
   override get size(): number {
@@ -170,16 +168,21 @@ export class NbdNode extends BlockNode {
 
   protected override async doBlockStatus(offset: number, length: number): Promise<BlockStatus> {
     const a = this.align;
-    if (this.baseContext === undefined || offset % a !== 0) {
-      const n = offset % a === 0 ? length : Math.min(length, a - (offset % a));
-      return { length: n, flags: Status.DATA | Status.ALLOCATED, offset: -1 };
-    }
+    const everything = { length, flags: Status.DATA | Status.ALLOCATED, offset: -1 };
+    if (offset % a !== 0) return { ...everything, length: Math.min(length, a - (offset % a)) };
     let want = Math.min(length, MAX_U32 - (MAX_U32 % a));
     if (want % a !== 0 && offset + want !== this.size) want -= want % a;
     if (want === 0) want = Math.min(length, a);
-    const extents = await this.conn.run((c) => c.blockStatus(offset, want, CmdFlag.REQ_ONE));
-    const pairs = extents.get(this.baseContext);
-    if (!pairs || pairs.length < 2) throw new BlockError('EIO', 'NBD server sent no base:allocation extent');
+    // Context ids are per connection: ask the connection the request goes out on.
+    const pairs = await this.conn.run(async (c) => {
+      const id = c.info.contexts.get(META_BASE_ALLOCATION);
+      if (id === undefined) return null;
+      const extents = await c.blockStatus(offset, want, CmdFlag.REQ_ONE);
+      const found = extents.get(id);
+      if (!found || found.length < 2) throw new BlockError('EIO', 'NBD server sent no base:allocation extent');
+      return found;
+    });
+    if (pairs === null) return everything;
     // Servers may send a longer or unaligned extent; clamp as QEMU does.
     const n = Math.min(pairs[0]!, want);
     const state = pairs[1]!;

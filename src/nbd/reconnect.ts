@@ -19,6 +19,7 @@ import { BlockError } from '../block/errors.js';
 import type { Logger } from '../util/log.js';
 import { ConnectionLostError, NbdClient, type ClientOptions } from './client.js';
 import type { NegotiatedExport } from './client-handshake.js';
+import { TxFlag } from './constants.js';
 import { describe, type SocketAddress } from './address.js';
 
 export type ConnectionState = 'connected' | 'waiting' | 'failing' | 'dead' | 'closed';
@@ -34,6 +35,22 @@ export interface ReconnectOptions {
 }
 
 const FIRST_RETRY_MS = 100;
+
+/** Capabilities the node was opened with; a reconnect must offer them all again. */
+const KEPT_FLAGS = TxFlag.READ_ONLY | TxFlag.SEND_FLUSH | TxFlag.SEND_FUA | TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES
+  | TxFlag.SEND_FAST_ZERO;
+
+/** Why a new connection cannot stand in for the first one, or null when it can. */
+function incompatibility(first: NegotiatedExport, next: NegotiatedExport): string | null {
+  if (next.size !== first.size) return `size ${first.size} became ${next.size}`;
+  if ((next.txFlags & KEPT_FLAGS) !== (first.txFlags & KEPT_FLAGS)) {
+    return `flags 0x${first.txFlags.toString(16)} became 0x${next.txFlags.toString(16)}`;
+  }
+  if (next.minBlock !== first.minBlock || next.maxBlock < first.maxBlock) {
+    return `block sizes ${first.minBlock}/${first.maxBlock} became ${next.minBlock}/${next.maxBlock}`;
+  }
+  return null;
+}
 const MAX_RETRY_MS = 2000;
 
 export class ReconnectingClient {
@@ -146,7 +163,7 @@ export class ReconnectingClient {
 
   private async reconnectLoop(): Promise<void> {
     const log = this.options.log;
-    const size = this.client.info.size;
+    const first = this.client.info;
     let delay = FIRST_RETRY_MS;
     while (this.stateValue === 'waiting' || this.stateValue === 'failing') {
       try {
@@ -155,9 +172,10 @@ export class ReconnectingClient {
           await client.close();
           return;
         }
-        if (client.info.size !== size) {
+        const changed = incompatibility(first, client.info);
+        if (changed) {
           await client.close();
-          throw new BlockError('EIO', `export size changed from ${size} to ${client.info.size}`);
+          throw new BlockError('EIO', `the export changed across the reconnect: ${changed}`);
         }
         this.client = client;
         this.watch(client);

@@ -319,3 +319,37 @@ test('fuzz: whatever a server answers, every request settles with a BlockError o
     s.close();
   }), { numRuns: 60 });
 });
+
+test('a reconnect to an export that changed (size, flags, block sizes) is refused; the same export is accepted', async () => {
+  const { tempDir } = await import('../helpers/env.js');
+  const { NbdServer } = await import('../../src/nbd/server.js');
+  const dir = tempDir();
+  const sock = dir.file('r.sock');
+  const serverGraph = createGraph();
+  const serve = async (size: number): Promise<InstanceType<typeof NbdServer>> => {
+    const node = await serverGraph.open({ driver: 'memory', size });
+    const server = new NbdServer();
+    server.addExport({ name: 'disk', node, writable: true });
+    await server.listen({ type: 'unix', path: sock });
+    return server;
+  };
+  const g = createGraph();
+  try {
+    let server = await serve(1 << 20);
+    const node = await g.open({ driver: 'nbd', server: { type: 'unix', path: sock }, export: 'disk', 'reconnect-delay': 1 }) as NbdNode;
+    await server.close();
+    server = await serve(2 << 20);
+    await assert.rejects(node.read(0, Buffer.alloc(512)), isEIO);
+    assert.equal(node.connectionState, 'failing', 'the grown export was not taken as the same disk');
+    await server.close();
+    server = await serve(1 << 20);
+    const state = (): string => node.connectionState;
+    for (let i = 0; i < 500 && state() !== 'connected'; i++) await new Promise((r) => setTimeout(r, 10));
+    await node.read(0, Buffer.alloc(512));
+    await g.closeAll();
+    await server.close();
+  } finally {
+    await serverGraph.closeAll();
+    dir.cleanup();
+  }
+});
