@@ -9,6 +9,7 @@ import * as net from 'node:net';
 import { BlockError } from '../block/errors.js';
 import { rootLogger, type Logger } from '../util/log.js';
 import { describe, type SocketAddress } from './address.js';
+import { primeAllocator } from './allocator.js';
 import { DEFAULT_MAX_PAYLOAD } from './constants.js';
 import { NbdExport, type ExportOptions } from './export.js';
 import type { BlockSizes, ExportCatalog, Session } from './negotiation.js';
@@ -91,6 +92,7 @@ export class NbdServer implements ConnectionHost, ExportCatalog {
 
   async listen(addr: SocketAddress): Promise<SocketAddress> {
     if (this.listener) throw new BlockError('EBUSY', 'NBD server already running');
+    primeAllocator();
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.accept(s));
     if (this.maxConnections > 0) server.maxConnections = this.maxConnections;
     await new Promise<void>((resolve, reject) => {

@@ -141,7 +141,8 @@ test('nbdcopy round trips are byte for byte', async () => {
 test('fio --ioengine=nbd with crc32c verification at queue depth 16', async () => {
   requireTool('fio');
   const r = await run('fio', ['--name=verify', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=16',
-    '--size=16M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--output-format=json', '--randrepeat=0']);
+    '--size=16M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--output-format=json', '--randrepeat=0',
+    '--verify_state_save=0'], { cwd: dir.path });
   assert.equal(r.status, 0, r.stdout + r.stderr);
   const job = (JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as { jobs: Array<{ error: number; write: { total_ios: number }; read: { total_ios: number } }> }).jobs[0]!;
   assert.equal(job.error, 0);
