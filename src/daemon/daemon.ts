@@ -143,6 +143,10 @@ export class Daemon {
     const entry = this.exportsById.get(id);
     if (!entry || !this.server) throw new BlockError('ENOENT', `Export '${id}' is not found`);
     if (entry.removing) throw new BlockError('EBUSY', `Export '${id}' is already shutting down`);
+    if (mode === 'safe' && (this.server.getExport(entry.name)?.stats.connections ?? 0) > 0) {
+      // QEMU's words, naming the export id.
+      throw new BlockError('EBUSY', `export '${id}' still in use`);
+    }
     entry.removing = true;
     try {
       await this.server.removeExport(entry.name, mode);
