@@ -7,24 +7,16 @@
  * SIGTERM and SIGINT finish the requests in flight, flush and close every
  * image, remove the pidfile and exit 0.
  *
- * Extension point: the QMP monitor registers a DaemonExtension for its
- * options (`--chardev`, `--monitor`, `--qmp`); its actions run in
- * command-line order with the daemon they configure, and it is closed first
- * on shutdown.
+ * Extensions (src/daemon/extension.ts) claim options: by default the QMP
+ * monitor (`--chardev` + `--monitor`, `--qmp`). `quit` over QMP stops the
+ * daemon like SIGTERM.
  */
 import { existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { Daemon } from '../daemon/daemon.js';
 import { DAEMON_USAGE, DaemonUsageError, parseDaemonArgs, type DaemonAction } from '../daemon/args.js';
+import type { DaemonExtension, DaemonHost } from '../daemon/extension.js';
+import { MonitorExtension } from '../daemon/monitor.js';
 import { rootLogger, setLogLevel } from '../util/log.js';
-
-export interface DaemonExtension {
-  /** Option names without the dashes (`qmp`, `chardev`, `monitor`). */
-  readonly options: readonly string[];
-  /** Applies one option, in command-line order. */
-  apply(option: string, value: string, daemon: Daemon): Promise<void>;
-  /** Stops the extension (close monitors) before the daemon shuts down. */
-  close?(): Promise<void>;
-}
 
 /** Where the daemon's own output goes (tests pass their own). */
 export interface DaemonOutput {
@@ -39,7 +31,7 @@ const PROCESS_OUTPUT: DaemonOutput = {
 
 export async function daemonMain(
   argv: readonly string[],
-  extensions: readonly DaemonExtension[] = [],
+  extensions: readonly DaemonExtension[] = [new MonitorExtension()],
   output: DaemonOutput = PROCESS_OUTPUT,
 ): Promise<number> {
   const usageFailure = (err: unknown): number => {
@@ -59,20 +51,28 @@ export async function daemonMain(
   if (args.logLevel) setLogLevel(args.logLevel);
   const log = rootLogger.child({ component: 'daemon' });
   const daemon = new Daemon();
+  let requestStop!: (reason: string) => void;
+  const stopped = new Promise<string>((resolve) => { requestStop = resolve; });
+  const onSigterm = (): void => requestStop('SIGTERM');
+  const onSigint = (): void => requestStop('SIGINT');
+  process.once('SIGTERM', onSigterm);
+  process.once('SIGINT', onSigint);
+  const host: DaemonHost = { quit: (reason) => requestStop(reason) };
+  const forgetSignals = (): void => {
+    process.off('SIGTERM', onSigterm);
+    process.off('SIGINT', onSigint);
+  };
 
   try {
-    for (const action of args.actions) await apply(action, daemon, extensions);
+    for (const action of args.actions) await apply(action, daemon, extensions, host);
     if (args.pidfile) writePidfile(args.pidfile);
   } catch (err) {
     const failure = err instanceof DaemonUsageError ? err : new DaemonUsageError('startup', (err as Error).message);
+    for (const e of extensions) await e.close?.().catch(() => undefined);
     await daemon.shutdown('startup failure').catch(() => undefined);
+    forgetSignals();
     return usageFailure(failure);
   }
-
-  const stopped = new Promise<string>((resolve) => {
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-    process.once('SIGINT', () => resolve('SIGINT'));
-  });
   // An idle daemon (no listener yet) must stay up until told to stop.
   const keepAlive = setInterval(() => undefined, 1 << 30);
   output.stdout(`${JSON.stringify({
@@ -81,15 +81,17 @@ export async function daemonMain(
     nbd: daemon.nbdAddress(),
     exports: daemon.listExports().map((e) => e.name),
     pidfile: args.pidfile ?? null,
+    ...Object.assign({}, ...extensions.map((e) => e.describe?.() ?? {})),
   })}\n`);
   log.info('daemon.ready', { pid: process.pid, nbd: daemon.nbdAddress() });
 
   const signal = await stopped;
+  forgetSignals();
   clearInterval(keepAlive);
   let status = 0;
   try {
     for (const e of extensions) await e.close?.();
-    await daemon.shutdown('host-signal');
+    await daemon.shutdown(signal.startsWith('SIG') ? 'host-signal' : signal);
   } catch (err) {
     log.error('daemon.shutdown-failed', { error: err });
     status = 1;
@@ -100,7 +102,7 @@ export async function daemonMain(
   return status;
 }
 
-async function apply(action: DaemonAction, daemon: Daemon, extensions: readonly DaemonExtension[]): Promise<void> {
+async function apply(action: DaemonAction, daemon: Daemon, extensions: readonly DaemonExtension[], host: DaemonHost): Promise<void> {
   const option = action.kind === 'extension' ? `--${action.option}` : `--${action.kind}`;
   try {
     switch (action.kind) {
@@ -115,7 +117,7 @@ async function apply(action: DaemonAction, daemon: Daemon, extensions: readonly 
         return;
       case 'extension': {
         const ext = extensions.find((e) => e.options.includes(action.option))!;
-        await ext.apply(action.option, action.value, daemon);
+        await ext.apply(action.option, action.value, daemon, host);
         return;
       }
     }

@@ -34,8 +34,8 @@ export interface DaemonArgs {
   help: boolean;
 }
 
-/** Options of qsd that belong to the QMP monitor; refused clearly until a handler is registered. */
-export const MONITOR_OPTIONS = ['chardev', 'monitor', 'qmp', 'object'] as const;
+/** qsd options that need an extension (the QMP monitor) or QOM objects colo-blk does not have. */
+const EXTENSION_OPTIONS = ['chardev', 'monitor', 'qmp', 'object'];
 
 export const DAEMON_USAGE = `usage: colo-blk daemon [options]
   --blockdev OPTIONS        add a block node (JSON or key=value, as qemu-storage-daemon)
@@ -44,10 +44,15 @@ export const DAEMON_USAGE = `usage: colo-blk daemon [options]
                             start the NBD server
   --export type=nbd,id=ID,node-name=N[,name=NAME][,writable=on][,description=TEXT]
                             export a node over NBD
+  --chardev socket,id=ID,path=PATH,server=on,wait=off   (or host=H,port=P)
+  --monitor [chardev=]ID[,mode=control]
+                            a QMP monitor on that socket
+  --qmp unix:PATH[,server=on,wait=off] | --qmp tcp:HOST:PORT
+                            a QMP monitor (qemu-system's shorthand)
   --pidfile PATH            write the process id once ready (removed on exit)
   --log-level LEVEL         debug, info, warn or error
 When ready, one JSON line {"event":"daemon.ready",...} is printed on stdout.
-SIGTERM and SIGINT flush and close every image, then exit 0.
+SIGTERM, SIGINT and QMP quit flush and close every image, then exit 0.
 `;
 
 const WITH_VALUE = new Set(['blockdev', 'nbd-server', 'export', 'pidfile', 'log-level']);
@@ -66,9 +71,7 @@ export function parseDaemonArgs(argv: readonly string[], extensionOptions: reado
     const name = arg.slice(2, eq < 0 ? undefined : eq);
     const known = WITH_VALUE.has(name) || extensions.has(name);
     if (!known) {
-      if ((MONITOR_OPTIONS as readonly string[]).includes(name)) {
-        throw new DaemonUsageError(`--${name}`, 'the QMP monitor is not available in this build');
-      }
+      if (EXTENSION_OPTIONS.includes(name)) throw new DaemonUsageError(`--${name}`, 'not supported by this daemon');
       throw new DaemonUsageError(`--${name}`, 'unrecognized option');
     }
     let value: string;

@@ -51,9 +51,7 @@ export interface ExportInfo {
   stats: ExportStats;
 }
 
-export type DaemonEvent =
-  | { event: 'BLOCK_EXPORT_DELETED'; data: { id: string } }
-  | { event: 'SHUTDOWN'; data: { guest: false; reason: string } };
+export type DaemonEvent = { event: 'BLOCK_EXPORT_DELETED'; data: { id: string } };
 
 export class Daemon {
   readonly graph: BlockGraph;
@@ -208,7 +206,6 @@ export class Daemon {
 
   private async doShutdown(reason: string): Promise<void> {
     this.log.info('daemon.shutdown', { reason });
-    this.emit({ event: 'SHUTDOWN', data: { guest: false, reason } });
     if (this.server) await this.stopNbdServer();
     await this.graph.closeAll();
   }

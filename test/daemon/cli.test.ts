@@ -37,14 +37,17 @@ test('bad options get a message naming the option and exit status 1', async () =
       '--export', 'type=nbd,id=e1,node-name=m'], /--export: NBD server already has export named 'm'/],
     [['--blockdev', 'driver=memory,node-name=m,size=1M,read-only=on', '--nbd-server', SERVER, '--export', 'type=nbd,id=e0,node-name=m,writable=on'],
       /--export: Cannot export read-only node 'm' as writable/],
-    [['--qmp', 'unix:/tmp/q.sock'], /--qmp: the QMP monitor is not available/],
+    [['--object', 'tls-creds-x509,id=t0'], /--object: not supported by this daemon/],
+    [['--monitor', 'chardev=nope'], /--monitor: chardev "nope" not found/],
+    [['--chardev', 'file,id=f,path=/tmp/x'], /--chardev: chardev backend 'file' is not supported/],
+    [['--qmp', 'unix:/tmp/q.sock,server=off'], /--qmp: colo-blk serves QMP; server=off/],
     [['--log-level', 'loud'], /--log-level: unknown level 'loud'/],
     [['stray'], /stray: unexpected argument/],
   ];
   for (const [args, message] of cases) {
     let stdout = '';
     let stderr = '';
-    const status = await daemonMain(args, [], { stdout: (t) => { stdout += t; }, stderr: (t) => { stderr += t; } });
+    const status = await daemonMain(args, undefined, { stdout: (t) => { stdout += t; }, stderr: (t) => { stderr += t; } });
     assert.equal(status, 1, `${args.join(' ')}: ${stderr}`);
     assert.match(stderr, message);
     assert.equal(stdout, '', 'no ready line on failure');
@@ -100,6 +103,37 @@ test('a pidfile naming a live process is refused; a stale one is replaced', asyn
     assert.equal(readFileSync(pidfile, 'utf8').trim(), String(d.ready.pid));
     assert.equal(d.ready.nbd, null, 'no NBD server was asked for');
     assert.equal(await d.stop(), 0);
+  } finally {
+    dir.cleanup();
+  }
+});
+
+test('QMP monitors from --chardev/--monitor and --qmp; quit stops the daemon cleanly', async () => {
+  const { QmpClient } = await import('../../src/control/qmp-client.js');
+  const dir = tempDir();
+  try {
+    const image = sparseFile(dir.file('q.raw'), 4 << 20);
+    const d = await coloDaemon([
+      '--chardev', `socket,id=mon0,path=${dir.file('mon.sock')},server=on,wait=off`,
+      '--monitor', 'chardev=mon0',
+      '--qmp', `unix:${dir.file('qmp2.sock')},server=on,wait=off`,
+      '--blockdev', `driver=raw,node-name=disk,file.driver=file,file.filename=${image}`,
+      '--nbd-server', `addr.type=unix,addr.path=${dir.file('nbd.sock')}`,
+      '--pidfile', dir.file('q.pid'),
+    ]);
+    assert.deepEqual(d.ready.qmp, [`unix:${dir.file('mon.sock')}`, `unix:${dir.file('qmp2.sock')}`]);
+    const q = await QmpClient.connect({ path: dir.file('mon.sock') });
+    await q.execute('block-export-add', { type: 'nbd', id: 'e0', 'node-name': 'disk', writable: true });
+    const other = await QmpClient.connect({ path: dir.file('qmp2.sock') });
+    assert.deepEqual(await other.execute('query-block-exports'), [{ type: 'nbd', id: 'e0', 'node-name': 'disk', 'shutting-down': false }]);
+    const c = await NbdClient.connect({ type: 'unix', path: dir.file('nbd.sock') }, { exportName: 'disk' });
+    await c.write(0, Buffer.alloc(4096, 0x61));
+    await c.close();
+    await q.execute('quit');
+    assert.equal(await d.exited, 0, d.stderr());
+    assert.ok(!existsSync(dir.file('q.pid')));
+    assert.ok(readFileSync(image).subarray(0, 4096).every((b) => b === 0x61));
+    await Promise.all([q.close(), other.close()]);
   } finally {
     dir.cleanup();
   }
