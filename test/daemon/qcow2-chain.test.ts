@@ -53,3 +53,37 @@ test('a qcow2 chain served by colo-blk maps and reads exactly as qemu-nbd serves
     dir.cleanup();
   }
 });
+
+test('writes through colo-blk\'s NBD server into a qcow2 overlay leave an image qemu-img check passes', async () => {
+  for (const tool of ['qemu-img', 'qemu-io', 'fio', 'nbdcopy']) requireTool(tool);
+  const dir = tempDir();
+  const base = dir.file('base.qcow2');
+  const top = dir.file('top.qcow2');
+  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', base, '32M']);
+  await runOk('qemu-io', ['-f', 'qcow2', base, '-c', 'write -P 0x5b 0 32M']);
+  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+  const colo = await coloDaemon([
+    '--blockdev', `driver=qcow2,node-name=top,file.driver=file,file.filename=${top}`,
+    '--nbd-server', `addr.type=unix,addr.path=${dir.file('nbd.sock')}`,
+    '--export', 'type=nbd,id=e0,node-name=top,name=disk,writable=on',
+  ]);
+  const uri = `nbd+unix:///disk?socket=${dir.file('nbd.sock')}`;
+  try {
+    const r = await run('fio', ['--name=v', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=8M',
+      '--offset=8M', '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', '--randrepeat=0'], { cwd: dir.path });
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+    await runOk('qemu-io', ['-f', 'raw', uri, '-c', 'write -P 0x77 100 5000', '-c', 'write -z -u 1M 1M', '-c', 'discard 4M 128k', '-c', 'flush']);
+    await runOk('nbdcopy', [uri, dir.file('through-nbd.raw')]);
+  } finally {
+    assert.equal(await colo.stop(), 0, colo.stderr());
+  }
+  const check = await run('qemu-img', ['check', top]);
+  assert.equal(check.status, 0, check.stdout + check.stderr);
+  await runOk('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', top, dir.file('direct.raw')]);
+  const direct = readFileSync(dir.file('direct.raw'));
+  assert.ok(direct.equals(readFileSync(dir.file('through-nbd.raw'))), 'qemu reads what NBD clients read');
+  assert.ok(direct.subarray(100, 5100).every((b) => b === 0x77));
+  assert.ok(direct.subarray(1 << 20, 2 << 20).every((b) => b === 0));
+  assert.ok(direct.subarray(16 << 20).every((b) => b === 0x5b), 'the backing shows where nothing was written');
+  dir.cleanup();
+});
