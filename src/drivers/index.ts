@@ -7,6 +7,7 @@ import { replicationDriver } from '../replication/driver.js';
 import { faultDriver } from './fault.js';
 import { fileDriver } from './file.js';
 import { memoryDriver } from './memory.js';
+import { nbdDriver } from './nbd.js';
 import { qcow2Driver } from './qcow2/index.js';
 import { quorumDriver } from './quorum.js';
 import { rawDriver } from './raw.js';
@@ -16,6 +17,7 @@ export const builtinDrivers: readonly DriverDefinition[] = [
   rawDriver,
   memoryDriver,
   qcow2Driver,
+  nbdDriver,
   replicationDriver,
   quorumDriver,
   faultDriver,
