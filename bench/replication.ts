@@ -244,8 +244,8 @@ async function checkpoints(dir: string, quick: boolean): Promise<BenchRow[]> {
       for (let r = 0; r < reps; r++) {
         await qemu.checkpoint();
         if (bytes > 0) {
-          qemu.primaryWrite(0, bytes);
-          qemu.viewWrite(128 * MiB, bytes);
+          await qemu.primaryWrite(0, bytes);
+          await qemu.viewWrite(128 * MiB, bytes);
         }
         times.push(await qemu.checkpoint());
       }

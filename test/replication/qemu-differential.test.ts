@@ -59,14 +59,14 @@ for (const kind of DISK_KINDS) test(`QEMU and colo-blk (${kind}) agree byte for 
         await qemu.checkpoint();
         await ours.repl.checkpoint();
       } else if (step.kind === 'primary') {
-        qemu.primaryWrite(step.offset, step.length, step.pattern);
+        await qemu.primaryWrite(step.offset, step.length, step.pattern);
         await ours.localBB.write(step.offset, Buffer.alloc(step.length, step.pattern));
       } else {
-        qemu.viewWrite(step.offset, step.length, step.pattern);
+        await qemu.viewWrite(step.offset, step.length, step.pattern);
         await ours.top.write(step.offset, Buffer.alloc(step.length, step.pattern));
       }
       if (i % 6 === 5 || i === steps.length - 1) {
-        const theirs = qemu.readExport('top', `view${i}`);
+        const theirs = await qemu.readExport('top', `view${i}`);
         const mine = Buffer.alloc(SIZE);
         await ours.top.read(0, mine);
         assert.ok(theirs.equals(mine), `view after step ${i} (${step.kind}): ${firstDifference(theirs, mine)}`);
@@ -74,17 +74,17 @@ for (const kind of DISK_KINDS) test(`QEMU and colo-blk (${kind}) agree byte for 
     }
     const disk = Buffer.alloc(SIZE);
     await ours.localBB.read(0, disk);
-    assert.ok(qemu.readExport('parent0', 'before').equals(disk), 'the secondary disks before failover');
+    assert.ok((await qemu.readExport('parent0', 'before')).equals(disk), 'the secondary disks before failover');
 
     await qemu.failover();
     await ours.repl.stop(true);
     await ours.repl.failoverSettled();
-    const theirs = qemu.readExport('parent0', 'after');
+    const theirs = await qemu.readExport('parent0', 'after');
     await ours.localBB.read(0, disk);
     assert.ok(theirs.equals(disk), `the secondary disks after failover: ${firstDifference(theirs, disk)}`);
     const view = Buffer.alloc(SIZE);
     await ours.top.read(0, view);
-    assert.ok(qemu.readExport('top', 'after').equals(view), 'the views after failover');
+    assert.ok((await qemu.readExport('top', 'after')).equals(view), 'the views after failover');
   } finally {
     await qemu.close();
     await ours.cleanup();
