@@ -14,21 +14,13 @@ import { BlockNode, ChildRef, Status, type BlockStatus } from '../block/node.js'
 import { blockStatusAbove } from '../block/chain.js';
 import { replicationRegistry } from '../replication/registry.js';
 import type { QuorumReportBad } from '../replication/events.js';
+import type { ChildManager } from '../control/child-manager.js';
 import { rootLogger } from '../util/log.js';
 
 export type ReadPattern = 'quorum' | 'fifo';
 
-/** What x-blockdev-change needs from a parent node. */
-export interface ChildChangeable {
-  addChild(node: BlockNode): void;
-  removeChild(childName: string): void;
-}
-
-export function isChildChangeable(node: BlockNode): node is BlockNode & ChildChangeable {
-  return node instanceof QuorumNode;
-}
-
-export class QuorumNode extends BlockNode implements ChildChangeable {
+/** x-blockdev-change reaches `addChild` / `removeChild` through the control layer's ChildManager. */
+export class QuorumNode extends BlockNode implements ChildManager {
   readonly driver = 'quorum';
   private kids: ChildRef[] = [];
   private nextChildIndex: number;

@@ -10,7 +10,8 @@ import type { BlockGraph } from '../../src/block/graph.js';
 import { Status } from '../../src/block/node.js';
 import type { FaultNode } from '../../src/drivers/fault.js';
 import { createGraph } from '../../src/drivers/index.js';
-import { isChildChangeable, QuorumNode } from '../../src/drivers/quorum.js';
+import { isChildManager } from '../../src/control/child-manager.js';
+import { QuorumNode } from '../../src/drivers/quorum.js';
 import type { QuorumFailure, QuorumReportBad } from '../../src/replication/events.js';
 import { replicationRegistry } from '../../src/replication/registry.js';
 import { MiB, expectPattern, fill, until } from './fixtures.js';
@@ -199,8 +200,8 @@ describe('quorum: x-blockdev-change', () => {
     for (const n of ['local', 'r1', 'r2', 'r3', 'other']) await g.add({ driver: 'memory', 'node-name': n, size: SIZE });
     await g.add({ driver: 'memory', 'node-name': 'tiny', size: 4096 });
     const q = await g.add({ driver: 'quorum', 'node-name': 'colo-disk0', 'vote-threshold': 1, 'read-pattern': 'fifo', children: ['local'] }) as QuorumNode;
-    assert.ok(isChildChangeable(q));
-    assert.equal(isChildChangeable(g.get('local')), false);
+    assert.ok(isChildManager(q));
+    assert.equal(isChildManager(g.get('local')), false);
 
     q.addChild(g.get('r1'));
     assert.deepEqual(q.childNames, ['children.0', 'children.1']);
