@@ -305,9 +305,8 @@ function fmt(n: number | null, unit: string): string {
   return unit === 'ms' ? n.toFixed(2) : n >= 100 ? n.toFixed(0) : n.toFixed(1);
 }
 
-async function main(): Promise<void> {
-  const quick = process.argv.includes('--quick');
-  const rows = await benchReplication({ quick });
+/** A markdown table (the peer column says whether it is QEMU or our own baseline) and the commands. */
+export function formatReplicationRows(rows: BenchRow[]): string {
   const out: string[] = ['| benchmark | unit | colo-blk | QEMU / baseline | ratio |', '|---|---|---|---|---|'];
   for (const r of rows) {
     out.push(`| ${r.name} | ${r.unit} | ${fmt(r.ours, r.unit)} | ${fmt(r.peer, r.unit)} | ${r.ratio === null ? '-' : `${r.ratio.toFixed(2)}x`} |`);
@@ -323,7 +322,12 @@ async function main(): Promise<void> {
     }
   }
   out.push('', 'ratio > 1 means colo-blk is faster (for ms rows: takes less time).');
-  process.stdout.write(`${out.join('\n')}\n`);
+  return out.join('\n');
+}
+
+async function main(): Promise<void> {
+  const rows = await benchReplication({ quick: process.argv.includes('--quick') });
+  process.stdout.write(`${formatReplicationRows(rows)}\n`);
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

@@ -10,7 +10,7 @@ import { availableParallelism, cpus, release } from 'node:os';
 import { runNbdClientBench } from './nbd-client.js';
 import { runNbdBench } from './nbd.js';
 import { formatRows, runQcow2Bench } from './qcow2.js';
-import { benchReplication } from './replication.js';
+import { benchReplication, formatReplicationRows } from './replication.js';
 
 interface Section {
   name: string;
@@ -38,7 +38,7 @@ const sections: Section[] = [
   {
     name: 'replication',
     title: 'replication: copy-before-write vs qemu-img bench, checkpoints vs a QEMU 7.2 secondary',
-    run: async (quick, out) => out(formatRows(await benchReplication({ quick }))),
+    run: async (quick, out) => out(formatReplicationRows(await benchReplication({ quick }))),
   },
 ];
 
