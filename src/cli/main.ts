@@ -27,6 +27,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./secondary.js')).secondaryMain(rest);
     case 'primary':
       return (await import('./primary.js')).primaryMain(rest);
+    case 'demo':
+      return (await import('./demo.js')).demoMain(rest);
     case 'checkpoint':
     case 'failover':
     case 'status':

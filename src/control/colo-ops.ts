@@ -93,7 +93,15 @@ export interface FailoverResult {
  * COLO_BLK_REPLICATION_STAGE event; with QEMU it polls for the commit's
  * filter node to disappear.
  */
-export async function failoverSecondary(client: QmpClient, options: { timeoutMs?: number; replicationExport?: string } = {}): Promise<FailoverResult> {
+export interface FailoverOptions {
+  timeoutMs?: number;
+  /** The export the primary writes into (removed first so no more primary writes land). */
+  replicationExport?: string;
+  /** Runs right after the failover command returned, while the commit may still run. */
+  afterCommand?: () => Promise<void>;
+}
+
+export async function failoverSecondary(client: QmpClient, options: FailoverOptions = {}): Promise<FailoverResult> {
   const timeoutMs = options.timeoutMs ?? 120_000;
   const exportName = options.replicationExport ?? 'parent0';
   try {
@@ -106,6 +114,7 @@ export async function failoverSecondary(client: QmpClient, options: { timeoutMs?
   const t0 = performance.now();
   await client.execute('xen-set-replication', { enable: false, primary: false, failover: true });
   const commandMs = performance.now() - t0;
+  await options.afterCommand?.();
   const deadline = t0 + timeoutMs;
   const colo = await isColoBlk(client);
   if (colo) {
