@@ -10,7 +10,7 @@
  * plus the secondary's own writes. Exit status 0 only when it does.
  */
 import { randomFillSync } from 'node:crypto';
-import { copyFileSync, existsSync, mkdtempSync, openSync, readSync, closeSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readSync, closeSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -92,7 +92,11 @@ export async function demoMain(argv: readonly string[]): Promise<number> {
     return 2;
   }
   const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
-  const dir = lastValue(args, 'dir') ?? mkdtempSync(join(base, 'colo-blk-demo-'));
+  const given = lastValue(args, 'dir');
+  const dir = given ?? mkdtempSync(join(base, 'colo-blk-demo-'));
+  // Remove the folder afterwards only if the demo made it; else only its own files.
+  const madeDir = given === undefined || !existsSync(given);
+  mkdirSync(dir, { recursive: true });
   const keep = args.options.has('keep');
   const started = performance.now();
   const elapsed = (): string => `${((performance.now() - started) / 1000).toFixed(1).padStart(5)}s`;
@@ -188,7 +192,12 @@ export async function demoMain(argv: readonly string[]): Promise<number> {
   } finally {
     for (const c of cleanups.reverse()) await c().catch(() => undefined);
     for (const c of children) await c.stop('SIGKILL');
-    if (!keep) rmSync(dir, { recursive: true, force: true });
+    if (!keep && madeDir) rmSync(dir, { recursive: true, force: true });
+    else if (!keep) {
+      for (const f of ['primary.raw', 'secondary.raw', 'secondary.raw.active.qcow2', 'secondary.raw.hidden.qcow2', 'primary.qmp', 'secondary.qmp']) {
+        rmSync(join(dir, f), { force: true });
+      }
+    }
     else say(`images and sockets kept in ${dir}`);
   }
 }
