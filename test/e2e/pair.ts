@@ -1,0 +1,165 @@
+/**
+ * The pair driver: one side of a COLO pair as its own process, either QEMU
+ * 7.2 (`qemu-system-x86_64 -M none`, no guest, built and driven only over
+ * QMP with the qemu-colo anchor's recipe) or colo-blk (`colo-blk secondary`
+ * / `colo-blk primary`). NBD and QMP listen on unix sockets in the test's
+ * folder. A side is ready when its QMP monitor answers (QEMU) or it printed
+ * its ready line (colo-blk); nothing sleeps. Every process belongs to the
+ * test's ProcessGroup, which kills it on every exit path.
+ */
+import { join } from 'node:path';
+import { QmpClient } from '../../src/control/qmp-client.js';
+import { requireTool, runOk } from '../helpers/env.js';
+import type { Child, ProcessGroup } from './processes.js';
+
+export type Impl = 'qemu' | 'colo-blk';
+export type Format = 'raw' | 'qcow2';
+
+interface Side {
+  impl: Impl;
+  child: Child;
+  qmp: QmpClient;
+  /** The side's NBD server (unix socket). */
+  nbdSocket: string;
+  disk: string;
+  format: Format;
+}
+
+export interface Secondary extends Side {
+  active: string;
+  hidden: string;
+  /** The secondary VM's view: `svm` on colo-blk, `sec-top` in the anchor's QEMU recipe. */
+  viewUri: string;
+  /** The replication target the primary writes into. */
+  parentUri: string;
+}
+
+export interface Primary extends Side {
+  /** The protected disk: `pvm`, the quorum over the local disk and the replication child. */
+  guestUri: string;
+}
+
+export function nbdUri(socket: string, exportName: string): string {
+  return `nbd+unix:///${exportName}?socket=${socket}`;
+}
+
+/** `qemu-system-x86_64 -M none -nodefaults -display none -qmp unix:...`, connected and negotiated. */
+async function launchQemu(group: ProcessGroup, name: string, dir: string): Promise<{ child: Child; qmp: QmpClient }> {
+  requireTool('qemu-system-x86_64');
+  const qmpPath = join(dir, `${name}.qmp`);
+  const child = group.spawn(name, 'qemu-system-x86_64', ['-name', name, '-M', 'none', '-nodefaults', '-display', 'none', '-qmp', `unix:${qmpPath},server=on,wait=off`]);
+  // The socket appears once QEMU has initialised: a bounded retry on ENOENT, no event exists for it.
+  const qmp = await Promise.race([
+    QmpClient.connect(qmpPath, { waitMs: 20_000 }),
+    child.exited.then((e) => { throw new Error(`${name} exited (${e.code ?? e.signal}) before its QMP socket answered\n${child.tail()}`); }),
+  ]);
+  return { child, qmp };
+}
+
+function fileNode(path: string): { driver: string; filename: string } {
+  return { driver: 'file', filename: path };
+}
+
+export interface SecondaryOptions {
+  dir: string;
+  disk: string;
+  format: Format;
+  /** Extra `colo-blk secondary` arguments. */
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Starts a secondary and its replication (the secondary always starts first). */
+export async function startSecondary(group: ProcessGroup, impl: Impl, opts: SecondaryOptions): Promise<Secondary> {
+  const nbdSocket = join(opts.dir, `secondary-${impl}.nbd`);
+  const qmpPath = join(opts.dir, `secondary-${impl}.qmp`);
+  const active = `${opts.disk}.active.qcow2`;
+  const hidden = `${opts.disk}.hidden.qcow2`;
+  if (impl === 'colo-blk') {
+    const child = group.colo('colo-blk secondary', [
+      'secondary', '--disk', opts.disk, '--active', active, '--hidden', hidden,
+      '--listen', `unix:${nbdSocket}`, '--qmp', qmpPath, ...(opts.args ?? []),
+    ], opts.env);
+    await child.waitReady();
+    const qmp = await QmpClient.connect(qmpPath);
+    return { impl, child, qmp, nbdSocket, disk: opts.disk, format: opts.format, active, hidden, viewUri: nbdUri(nbdSocket, 'svm'), parentUri: nbdUri(nbdSocket, 'parent0') };
+  }
+  const size = await virtualSize(opts.disk, opts.format);
+  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', hidden, String(size)]);
+  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', active, String(size)]);
+  const { child, qmp } = await launchQemu(group, 'qemu secondary', opts.dir);
+  // The anchor's recipe (REPORT.md section 2), with NBD on a unix socket.
+  await qmp.execute('blockdev-add', { driver: opts.format, 'node-name': 'parent0', file: fileNode(opts.disk) });
+  await qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': 'hidden0', file: fileNode(hidden), backing: 'parent0' });
+  await qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': 'active0', file: fileNode(active), backing: 'hidden0' });
+  await qmp.execute('blockdev-add', { driver: 'replication', 'node-name': 'childs0', mode: 'secondary', 'top-id': 'colo-disk0', file: 'active0' });
+  await qmp.execute('blockdev-add', { driver: 'quorum', 'node-name': 'colo-disk0', 'read-pattern': 'fifo', 'vote-threshold': 1, children: ['childs0'] });
+  await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
+  await qmp.execute('nbd-server-add', { device: 'parent0', writable: true });
+  await qmp.execute('nbd-server-add', { device: 'colo-disk0', name: 'sec-top', writable: true });
+  await qmp.execute('xen-set-replication', { enable: true, primary: false });
+  return { impl, child, qmp, nbdSocket, disk: opts.disk, format: opts.format, active, hidden, viewUri: nbdUri(nbdSocket, 'sec-top'), parentUri: nbdUri(nbdSocket, 'parent0') };
+}
+
+export interface PrimaryOptions {
+  dir: string;
+  disk: string;
+  format: Format;
+  /** The secondary's NBD socket (which exports parent0). */
+  secondarySocket: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Starts a primary replicating into the secondary, and its replication. */
+export async function startPrimary(group: ProcessGroup, impl: Impl, opts: PrimaryOptions): Promise<Primary> {
+  const nbdSocket = join(opts.dir, `primary-${impl}.nbd`);
+  const qmpPath = join(opts.dir, `primary-${impl}.qmp`);
+  if (impl === 'colo-blk') {
+    const child = group.colo('colo-blk primary', [
+      'primary', '--disk', opts.disk, '--secondary', nbdUri(opts.secondarySocket, 'parent0'),
+      '--listen', `unix:${nbdSocket}`, '--qmp', qmpPath, ...(opts.args ?? []),
+    ], opts.env);
+    await child.waitReady();
+    const qmp = await QmpClient.connect(qmpPath);
+    return { impl, child, qmp, nbdSocket, disk: opts.disk, format: opts.format, guestUri: nbdUri(nbdSocket, 'pvm') };
+  }
+  const { child, qmp } = await launchQemu(group, 'qemu primary', opts.dir);
+  await qmp.execute('blockdev-add', { driver: opts.format, 'node-name': 'primary-disk0', file: fileNode(opts.disk) });
+  await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
+  await qmp.execute('blockdev-add', { driver: 'quorum', 'node-name': 'colo-disk0', 'read-pattern': 'fifo', 'vote-threshold': 1, children: ['primary-disk0'] });
+  await qmp.execute('nbd-server-add', { device: 'colo-disk0', name: 'pvm', writable: true });
+  await qmp.execute('blockdev-add', {
+    driver: 'replication', 'node-name': 'replication0', mode: 'primary',
+    file: { driver: 'nbd', server: { type: 'unix', path: opts.secondarySocket }, export: 'parent0' },
+  });
+  await qmp.execute('x-blockdev-change', { parent: 'colo-disk0', node: 'replication0' });
+  await qmp.execute('xen-set-replication', { enable: true, primary: true });
+  return { impl, child, qmp, nbdSocket, disk: opts.disk, format: opts.format, guestUri: nbdUri(nbdSocket, 'pvm') };
+}
+
+/**
+ * Stops a side the clean way (colo-blk: SIGTERM; QEMU: QMP quit) and
+ * returns the exit status.
+ */
+export async function stopSide(side: Side): Promise<number | null> {
+  if (side.impl === 'qemu') {
+    await side.qmp.execute('quit').catch(() => undefined);
+  } else {
+    side.child.proc.kill('SIGTERM');
+  }
+  const exit = await side.child.exited;
+  await side.qmp.close().catch(() => undefined);
+  return exit.code;
+}
+
+/** SIGKILL: no flush, no goodbye. */
+export async function killSide(side: Side): Promise<void> {
+  await side.child.kill('SIGKILL');
+  await side.qmp.close().catch(() => undefined);
+}
+
+export async function virtualSize(path: string, format: Format): Promise<number> {
+  const r = await runOk('qemu-img', ['info', '-U', '-f', format, '--output=json', path]);
+  return (JSON.parse(r.stdout) as { 'virtual-size': number })['virtual-size'];
+}
