@@ -84,13 +84,13 @@ export async function qemuIo(target: string, format: Format, commands: string[],
   return out;
 }
 
-/** Runs of equal bytes, as `read -P` commands. */
-export function patternReads(content: Buffer): string[] {
+/** Runs of equal bytes, as `read -P` commands (`at`: where `content` starts in the image). */
+export function patternReads(content: Buffer, at = 0): string[] {
   const out: string[] = [];
   let start = 0;
   for (let i = 1; i <= content.length; i++) {
     if (i === content.length || content[i] !== content[start]) {
-      out.push(`read -P ${content[start]} ${start} ${i - start}`);
+      out.push(`read -P ${content[start]} ${at + start} ${i - start}`);
       start = i;
     }
   }

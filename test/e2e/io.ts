@@ -1,0 +1,70 @@
+/**
+ * Guest-like I/O for the robustness tests, from this process over NBD:
+ * writes that are acknowledged but never flushed (the daemon's shutdown
+ * must make them durable), and a stream of writes still in flight when the
+ * daemon is told to stop, recording which ones it acknowledged.
+ */
+import { rmSync, writeFileSync } from 'node:fs';
+import { NbdClient } from '../../src/nbd/client.js';
+import { runOk } from '../helpers/env.js';
+import { KiB } from './model.js';
+
+export async function connect(socket: string, exportName: string): Promise<NbdClient> {
+  return NbdClient.connect({ type: 'unix', path: socket }, { exportName });
+}
+
+export const SLOT = 64 * KiB;
+
+/** The byte a slot's write fills it with (never zero, differs from its neighbours). */
+export function slotPattern(slot: number, salt: number): number {
+  return 1 + ((slot * 7 + salt) % 254);
+}
+
+/**
+ * Writes slots `first..first+count-1` (one write each, no flush) at a queue
+ * depth of 8, calls `onAcked(n)` after each acknowledgement, and goes on
+ * until every slot was sent or the connection fails (the daemon stopped).
+ * Resolves with the slots the daemon acknowledged.
+ */
+export async function writeStream(client: NbdClient, first: number, count: number, salt: number, onAcked: (n: number) => void): Promise<number[]> {
+  const acked: number[] = [];
+  let next = first;
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    while (!failed && next < first + count) {
+      const slot = next++;
+      try {
+        await client.write(slot * SLOT, Buffer.alloc(SLOT, slotPattern(slot, salt)));
+      } catch {
+        failed = true;
+        return;
+      }
+      acked.push(slot);
+      onAcked(acked.length);
+    }
+  };
+  await Promise.all(Array.from({ length: 8 }, worker));
+  return acked.sort((a, b) => a - b);
+}
+
+/** `qemu-io read -P` commands for acknowledged slots. */
+export function slotReads(slots: readonly number[], salt: number): string[] {
+  return slots.map((s) => `read -P ${slotPattern(s, salt)} ${s * SLOT} ${SLOT}`);
+}
+
+/** A `json:` image name for an overlay chain read offline (the overlays' headers name no backing file). */
+export function chainSpec(active: string, hidden: string, disk: string, diskFormat: 'raw' | 'qcow2'): string {
+  const file = (filename: string): Record<string, string> => ({ driver: 'file', filename });
+  return `json:${JSON.stringify({
+    driver: 'qcow2', file: file(active),
+    backing: { driver: 'qcow2', file: file(hidden), backing: { driver: diskFormat, file: file(disk) } },
+  })}`;
+}
+
+/** A qcow2 image with the given content (through a raw scratch file). */
+export async function qcow2With(path: string, content: Buffer, scratch: string): Promise<string> {
+  writeFileSync(scratch, content);
+  await runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', scratch, path]);
+  rmSync(scratch);
+  return path;
+}
