@@ -5,6 +5,7 @@
  * and failure messages.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { CLI } from '../helpers/env.js';
 
 export interface Exit {
@@ -133,5 +134,15 @@ export class ProcessGroup {
   /** Stderr tails of every child, for a failing assertion's message. */
   report(): string {
     return this.children.map((c) => `--- ${c.name} (pid ${c.proc.pid}):\n${c.tail()}`).join('\n');
+  }
+}
+
+/** Waits for a file a child writes once it is ready (a pidfile): a bounded poll, as there is no event for it. */
+export async function waitForFile(path: string, child: Child, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!existsSync(path) || readFileSync(path, 'utf8').trim() === '') {
+    if (!child.alive) throw new Error(`${child.name} exited before writing ${path}\n${child.tail()}`);
+    if (Date.now() > deadline) throw new Error(`${child.name} did not write ${path} within ${ms} ms\n${child.tail()}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
