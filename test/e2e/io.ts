@@ -68,3 +68,54 @@ export async function qcow2With(path: string, content: Buffer, scratch: string):
   rmSync(scratch);
   return path;
 }
+
+export interface LoadOptions {
+  seed: number;
+  /** Bytes of the disk the writes may touch, from offset 0. */
+  size: number;
+  depth: number;
+  /** Checked before each new write; true ends the load. */
+  stop: () => boolean;
+  /** Called when the daemon acknowledges a write. */
+  onAck?: (offset: number, data: Buffer) => void;
+}
+
+/**
+ * Random writes (512-byte aligned, 512 B to 64 KiB, random patterns) at a
+ * queue depth, never two in flight over the same 64 KiB slot, so the order
+ * in which overlapping writes land is the order they were acknowledged in.
+ * Ends when `stop()` says so or a write fails (the daemon died).
+ */
+export async function randomLoad(client: NbdClient, opts: LoadOptions): Promise<{ acked: number; failed: boolean }> {
+  let x = opts.seed >>> 0 || 1;
+  const rand = (n: number): number => {
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    return x % n;
+  };
+  const slots = Math.floor(opts.size / SLOT);
+  const busy = new Set<number>();
+  let acked = 0;
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    while (!failed && !opts.stop()) {
+      let slot = rand(slots);
+      while (busy.has(slot)) slot = rand(slots);
+      const sectors = SLOT / 512;
+      const first = rand(sectors);
+      const offset = slot * SLOT + first * 512;
+      const data = Buffer.alloc((1 + rand(sectors - first)) * 512, 1 + rand(255));
+      busy.add(slot);
+      try {
+        await client.write(offset, data);
+        acked++;
+        opts.onAck?.(offset, data);
+      } catch {
+        failed = true;
+      } finally {
+        busy.delete(slot);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: opts.depth }, worker));
+  return { acked, failed };
+}
