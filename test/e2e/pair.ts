@@ -19,6 +19,7 @@ interface Side {
   impl: Impl;
   child: Child;
   qmp: QmpClient;
+  qmpPath: string;
   /** The side's NBD server (unix socket). */
   nbdSocket: string;
   disk: string;
@@ -44,13 +45,15 @@ export function nbdUri(socket: string, exportName: string): string {
 }
 
 /** `qemu-system-x86_64 -M none -nodefaults -display none -qmp unix:...`, connected and negotiated. */
-async function launchQemu(group: ProcessGroup, name: string, dir: string): Promise<{ child: Child; qmp: QmpClient }> {
+async function launchQemu(group: ProcessGroup, name: string, qmpPath: string): Promise<{ child: Child; qmp: QmpClient }> {
   requireTool('qemu-system-x86_64');
-  const qmpPath = join(dir, `${name}.qmp`);
-  const child = group.spawn(name, 'qemu-system-x86_64', ['-name', name, '-M', 'none', '-nodefaults', '-display', 'none', '-qmp', `unix:${qmpPath},server=on,wait=off`]);
+  // QEMU serves one client per QMP socket: the driver gets its own, `qmpPath` stays free for operators' tools.
+  const driverPath = `${qmpPath}.driver`;
+  const child = group.spawn(name, 'qemu-system-x86_64', ['-name', name.replace(/ /g, '-'), '-M', 'none', '-nodefaults', '-display', 'none',
+    '-qmp', `unix:${driverPath},server=on,wait=off`, '-qmp', `unix:${qmpPath},server=on,wait=off`]);
   // The socket appears once QEMU has initialised: a bounded retry on ENOENT, no event exists for it.
   const qmp = await Promise.race([
-    QmpClient.connect(qmpPath, { waitMs: 20_000 }),
+    QmpClient.connect(driverPath, { waitMs: 20_000 }),
     child.exited.then((e) => { throw new Error(`${name} exited (${e.code ?? e.signal}) before its QMP socket answered\n${child.tail()}`); }),
   ]);
   return { child, qmp };
@@ -82,12 +85,12 @@ export async function startSecondary(group: ProcessGroup, impl: Impl, opts: Seco
     ], opts.env);
     await child.waitReady();
     const qmp = await QmpClient.connect(qmpPath);
-    return { impl, child, qmp, nbdSocket, disk: opts.disk, format: opts.format, active, hidden, viewUri: nbdUri(nbdSocket, 'svm'), parentUri: nbdUri(nbdSocket, 'parent0') };
+    return { impl, child, qmp, qmpPath, nbdSocket, disk: opts.disk, format: opts.format, active, hidden, viewUri: nbdUri(nbdSocket, 'svm'), parentUri: nbdUri(nbdSocket, 'parent0') };
   }
   const size = await virtualSize(opts.disk, opts.format);
   await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', hidden, String(size)]);
   await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', active, String(size)]);
-  const { child, qmp } = await launchQemu(group, 'qemu secondary', opts.dir);
+  const { child, qmp } = await launchQemu(group, 'qemu secondary', qmpPath);
   // The anchor's recipe (REPORT.md section 2), with NBD on a unix socket.
   await qmp.execute('blockdev-add', { driver: opts.format, 'node-name': 'parent0', file: fileNode(opts.disk) });
   await qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': 'hidden0', file: fileNode(hidden), backing: 'parent0' });
@@ -98,7 +101,7 @@ export async function startSecondary(group: ProcessGroup, impl: Impl, opts: Seco
   await qmp.execute('nbd-server-add', { device: 'parent0', writable: true });
   await qmp.execute('nbd-server-add', { device: 'colo-disk0', name: 'sec-top', writable: true });
   await qmp.execute('xen-set-replication', { enable: true, primary: false });
-  return { impl, child, qmp, nbdSocket, disk: opts.disk, format: opts.format, active, hidden, viewUri: nbdUri(nbdSocket, 'sec-top'), parentUri: nbdUri(nbdSocket, 'parent0') };
+  return { impl, child, qmp, qmpPath, nbdSocket, disk: opts.disk, format: opts.format, active, hidden, viewUri: nbdUri(nbdSocket, 'sec-top'), parentUri: nbdUri(nbdSocket, 'parent0') };
 }
 
 export interface PrimaryOptions {
@@ -122,9 +125,9 @@ export async function startPrimary(group: ProcessGroup, impl: Impl, opts: Primar
     ], opts.env);
     await child.waitReady();
     const qmp = await QmpClient.connect(qmpPath);
-    return { impl, child, qmp, nbdSocket, disk: opts.disk, format: opts.format, guestUri: nbdUri(nbdSocket, 'pvm') };
+    return { impl, child, qmp, qmpPath, nbdSocket, disk: opts.disk, format: opts.format, guestUri: nbdUri(nbdSocket, 'pvm') };
   }
-  const { child, qmp } = await launchQemu(group, 'qemu primary', opts.dir);
+  const { child, qmp } = await launchQemu(group, 'qemu primary', qmpPath);
   await qmp.execute('blockdev-add', { driver: opts.format, 'node-name': 'primary-disk0', file: fileNode(opts.disk) });
   await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
   await qmp.execute('blockdev-add', { driver: 'quorum', 'node-name': 'colo-disk0', 'read-pattern': 'fifo', 'vote-threshold': 1, children: ['primary-disk0'] });
@@ -135,7 +138,7 @@ export async function startPrimary(group: ProcessGroup, impl: Impl, opts: Primar
   });
   await qmp.execute('x-blockdev-change', { parent: 'colo-disk0', node: 'replication0' });
   await qmp.execute('xen-set-replication', { enable: true, primary: true });
-  return { impl, child, qmp, nbdSocket, disk: opts.disk, format: opts.format, guestUri: nbdUri(nbdSocket, 'pvm') };
+  return { impl, child, qmp, qmpPath, nbdSocket, disk: opts.disk, format: opts.format, guestUri: nbdUri(nbdSocket, 'pvm') };
 }
 
 /**
