@@ -90,8 +90,17 @@ async function underLoad(primaryImpl: Impl, secondaryImpl: Impl, checkpointUnder
     const p2 = await primaryLoad2;
     assert.ok(p2.failed && before > 100, `${tag}: the primary died with writes in flight`);
 
-    const r = await failoverSecondary(secondary.qmp);
+    // The view keeps writing while the failover commit runs.
+    let committed = false;
+    let duringCommit: Promise<{ acked: number; failed: boolean }> | null = null;
+    const r = await failoverSecondary(secondary.qmp, {
+      afterCommand: async () => {
+        duringCommit = randomLoad(svm, { seed: 16, size: SIZE, depth: 4, stop: () => committed, onAck: (o, d) => { d.copy(view, o); } });
+      },
+    });
+    committed = true;
     assert.equal(r.stage, 'done', `${tag}: ${r.error ?? ''}`);
+    assert.ok(!(await duringCommit!).failed, `${tag}: a view write failed during the failover`);
     const after = await readAll(secondary.viewUri, 'raw', dir.file('v3.raw'));
     assert.ok(after.equals(view), `${tag}: the view after failover: ${firstDifference(after, view)}`);
     await svm.close().catch(() => undefined);
@@ -108,7 +117,7 @@ async function underLoad(primaryImpl: Impl, secondaryImpl: Impl, checkpointUnder
 }
 
 for (const [p, s] of [['qemu', 'colo-blk'], ['colo-blk', 'qemu'], ['colo-blk', 'colo-blk']] as Array<[Impl, Impl]>) {
-  test(`${p} primary, ${s} secondary: concurrent writes, a checkpoint under load, failover after SIGKILL mid-write`, () => underLoad(p, s, true));
+  test(`${p} primary, ${s} secondary: concurrent writes, a checkpoint under load, SIGKILL mid-write, failover with view writes`, () => underLoad(p, s, true));
 }
 
 // QEMU alone cannot take a checkpoint under NBD load: `stop` holds no NBD

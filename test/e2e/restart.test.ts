@@ -175,3 +175,39 @@ test('a primary restarted after SIGKILL keeps what was flushed; a qcow2 left dir
     dir.cleanup();
   }
 });
+
+test('a primary with --reconnect-delay waits out a secondary restarted with --discard-overlays: nothing lost, nothing latched', async () => {
+  const dir = tempDir('colo-blk-e2e-reconnect-');
+  const group = new ProcessGroup();
+  try {
+    const base = baseContent(SIZE);
+    writeFileSync(dir.file('p.raw'), base);
+    writeFileSync(dir.file('s.raw'), base);
+    const secondary = await startSecondary(group, 'colo-blk', { dir: dir.path, disk: dir.file('s.raw'), format: 'raw' });
+    const primary = await startPrimary(group, 'colo-blk', {
+      dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondarySocket: secondary.nbdSocket, args: ['--reconnect-delay', '60'],
+    });
+    const client = await connect(primary.nbdSocket, 'pvm');
+    let restarted: Promise<unknown> | null = null;
+    // The secondary dies with guest writes in flight; they wait, then go to the restarted one.
+    const acked = await writeStream(client, 0, 128, 9, (n) => {
+      if (n !== 16 || restarted) return;
+      restarted = killSide(secondary).then(async () => {
+        const again = group.colo('secondary again', ['secondary', '--disk', secondary.disk, '--active', secondary.active, '--hidden', secondary.hidden,
+          '--listen', `unix:${secondary.nbdSocket}`, '--discard-overlays']);
+        return again.waitReady();
+      });
+    });
+    await restarted;
+    assert.equal(acked.length, 128, 'every write was acknowledged');
+    await client.flush();
+    assert.deepEqual(await primary.qmp.execute('query-xen-replication-status'), { error: false });
+    assert.equal(await compareImages(primary.guestUri, 'raw', secondary.parentUri, 'raw'), null, 'the pair after the restart');
+  } catch (err) {
+    (err as Error).message += `\n${group.report()}`;
+    throw err;
+  } finally {
+    await group.killAll();
+    dir.cleanup();
+  }
+});
