@@ -32,7 +32,7 @@ for (const impl of ['qemu', 'colo-blk'] as Impl[]) {
       writeFileSync(dir.file('p.raw'), Buffer.alloc(SIZE, 1));
       writeFileSync(dir.file('s.raw'), Buffer.alloc(SIZE, 1));
       const secondary = await startSecondary(group, 'colo-blk', { dir: dir.path, disk: dir.file('s.raw'), format: 'raw' });
-      const primary = await startPrimary(group, impl, { dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondarySocket: secondary.nbdSocket });
+      const primary = await startPrimary(group, impl, { dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondary: secondary.nbd });
       const qmpPath = primary.qmpPath;
       await qemuIo(primary.guestUri, 'raw', ['write -P 0x11 0 1M']);
       await killSide(secondary);
@@ -67,7 +67,7 @@ test('colo-blk checkpoint and failover on a QEMU secondary, status on both kinds
     writeFileSync(dir.file('p.raw'), Buffer.alloc(SIZE, 1));
     writeFileSync(dir.file('s.raw'), Buffer.alloc(SIZE, 1));
     const secondary = await startSecondary(group, 'qemu', { dir: dir.path, disk: dir.file('s.raw'), format: 'raw' });
-    const primary = await startPrimary(group, 'colo-blk', { dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondarySocket: secondary.nbdSocket });
+    const primary = await startPrimary(group, 'colo-blk', { dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondary: secondary.nbd });
     const sq = secondary.qmpPath;
     const pq = primary.qmpPath;
     await qemuIo(primary.guestUri, 'raw', ['write -P 0x11 0 1M']);

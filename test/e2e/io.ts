@@ -8,9 +8,11 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { NbdClient } from '../../src/nbd/client.js';
 import { runOk } from '../helpers/env.js';
 import { KiB } from './model.js';
+import type { NbdAddress } from './pair.js';
 
-export async function connect(socket: string, exportName: string): Promise<NbdClient> {
-  return NbdClient.connect({ type: 'unix', path: socket }, { exportName });
+export async function connect(addr: NbdAddress | string, exportName: string): Promise<NbdClient> {
+  const a = typeof addr === 'string' ? { path: addr } : addr;
+  return NbdClient.connect('path' in a ? { type: 'unix', path: a.path } : { type: 'inet', host: a.host, port: a.port }, { exportName });
 }
 
 export const SLOT = 64 * KiB;

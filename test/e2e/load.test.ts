@@ -15,7 +15,7 @@ import { setLogLevel } from '../../src/util/log.js';
 import { requireTool, tempDir } from '../helpers/env.js';
 import { connect, randomLoad } from './io.js';
 import { baseContent, checkQcow2, compareImages, firstDifference, MiB, modelImage, readAll } from './model.js';
-import { killSide, startPrimary, startSecondary, stopSide, type Impl } from './pair.js';
+import { killSide, startPrimary, startSecondary, stopSide, type Impl, type Transport } from './pair.js';
 import { ProcessGroup } from './processes.js';
 
 const SIZE = 16 * MiB;
@@ -32,19 +32,19 @@ function reaching(n: number): { poke(count: number): void; reached: Promise<void
   return { poke: (count) => { if (count >= n) resolve(); }, reached };
 }
 
-async function underLoad(primaryImpl: Impl, secondaryImpl: Impl, checkpointUnderLoad: boolean): Promise<void> {
+async function underLoad(primaryImpl: Impl, secondaryImpl: Impl, transport: Transport, checkpointUnderLoad: boolean): Promise<void> {
   requireTool('qemu-system-x86_64');
   const dir = tempDir('colo-blk-e2e-load-');
   const group = new ProcessGroup();
-  const tag = `${primaryImpl} primary, ${secondaryImpl} secondary`;
+  const tag = `${primaryImpl} primary, ${secondaryImpl} secondary, ${transport}`;
   try {
     const base = baseContent(SIZE);
     writeFileSync(dir.file('p.raw'), base);
     writeFileSync(dir.file('s.raw'), base);
-    const secondary = await startSecondary(group, secondaryImpl, { dir: dir.path, disk: dir.file('s.raw'), format: 'raw' });
-    const primary = await startPrimary(group, primaryImpl, { dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondarySocket: secondary.nbdSocket });
-    const pvm = await connect(primary.nbdSocket, 'pvm');
-    const svm = await connect(secondary.nbdSocket, viewExport(secondaryImpl));
+    const secondary = await startSecondary(group, secondaryImpl, { dir: dir.path, disk: dir.file('s.raw'), format: 'raw', transport });
+    const primary = await startPrimary(group, primaryImpl, { dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondary: secondary.nbd, transport });
+    const pvm = await connect(primary.nbd, 'pvm');
+    const svm = await connect(secondary.nbd, viewExport(secondaryImpl));
 
     // Phase 1: both sides at once. The view starts from the disk as replication started.
     let view: Buffer = Buffer.from(base);
@@ -116,8 +116,9 @@ async function underLoad(primaryImpl: Impl, secondaryImpl: Impl, checkpointUnder
   }
 }
 
-for (const [p, s] of [['qemu', 'colo-blk'], ['colo-blk', 'qemu'], ['colo-blk', 'colo-blk']] as Array<[Impl, Impl]>) {
-  test(`${p} primary, ${s} secondary: concurrent writes, a checkpoint under load, SIGKILL mid-write, failover with view writes`, () => underLoad(p, s, true));
+const pairs: Array<[Impl, Impl, Transport]> = [['qemu', 'colo-blk', 'tcp'], ['colo-blk', 'qemu', 'unix'], ['colo-blk', 'colo-blk', 'tcp']];
+for (const [p, s, transport] of pairs) {
+  test(`${p} primary, ${s} secondary over ${transport}: concurrent writes, a checkpoint under load, SIGKILL mid-write, failover with view writes`, () => underLoad(p, s, transport, true));
 }
 
 // QEMU alone cannot take a checkpoint under NBD load: `stop` holds no NBD
@@ -127,4 +128,4 @@ for (const [p, s] of [['qemu', 'colo-blk'], ['colo-blk', 'qemu'], ['colo-blk', '
 // old data of a cluster, so the view changes under the secondary. Either
 // colo-blk side closes the gap: its `stop` holds the export, its checkpoint
 // holds the replication target. Here QEMU's pair checkpoints between loads.
-test('qemu primary, qemu secondary: the same, with the checkpoint between loads', () => underLoad('qemu', 'qemu', false));
+test('qemu primary, qemu secondary: the same, with the checkpoint between loads', () => underLoad('qemu', 'qemu', 'unix', false));

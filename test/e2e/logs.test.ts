@@ -49,7 +49,7 @@ async function pairLogs(level: Level, envLevel: Level): Promise<{ secondary: Log
     writeFileSync(dir.file('s.raw'), Buffer.alloc(8 * MiB, 1));
     const args = ['--log-level', level];
     const secondary = await startSecondary(group, 'colo-blk', { dir: dir.path, disk: dir.file('s.raw'), format: 'raw', args, env });
-    const primary = await startPrimary(group, 'colo-blk', { dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondarySocket: secondary.nbdSocket, args, env });
+    const primary = await startPrimary(group, 'colo-blk', { dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondary: secondary.nbd, args, env });
     await qemuIo(primary.guestUri, 'raw', ['write -P 0x11 0 1M']);
     await qemuIo(secondary.viewUri, 'raw', ['write -P 0x22 2M 1M']);
     await checkpointPair(secondary.qmp, primary.qmp);

@@ -50,7 +50,7 @@ async function runPair(spec: PairSpec, dir: ReturnType<typeof tempDir>): Promise
   const group = new ProcessGroup();
   try {
     const secondary = await startSecondary(group, spec.secondary, { dir: dir.path, disk: secondaryDisk, format: spec.secondaryFormat });
-    const primary = await startPrimary(group, spec.primary, { dir: dir.path, disk: primaryDisk, format: spec.primaryFormat, secondarySocket: secondary.nbdSocket });
+    const primary = await startPrimary(group, spec.primary, { dir: dir.path, disk: primaryDisk, format: spec.primaryFormat, secondary: secondary.nbd });
     const result = await runScript(primary, secondary, base, dir.path, tag);
     assert.equal(await stopSide(secondary), 0, `${tag}: the secondary's exit status\n${group.report()}`);
 
@@ -113,7 +113,7 @@ describe('COLO pairs as processes, QEMU 7.2 or colo-blk on either side', () => {
         const primaryDisk = await makeDisk(dir.file(`unaligned-${impl}-p.raw`), 'raw', base, dir.file('base.raw'));
         const secondaryDisk = await makeDisk(dir.file(`unaligned-${impl}-s.raw`), 'raw', base, dir.file('base.raw'));
         const secondary = await startSecondary(group, 'colo-blk', { dir: dir.path, disk: secondaryDisk, format: 'raw' });
-        const primary = await startPrimary(group, impl, { dir: dir.path, disk: primaryDisk, format: 'raw', secondarySocket: secondary.nbdSocket });
+        const primary = await startPrimary(group, impl, { dir: dir.path, disk: primaryDisk, format: 'raw', secondary: secondary.nbd });
         await qemuIo(primary.guestUri, 'raw', [`write -P 0x13 ${at} 1`]);
         const expected = Buffer.from(base).fill(0x13, at, at + 1);
         const local = await readAll(primary.guestUri, 'raw', dir.file('unaligned-pvm.raw'));

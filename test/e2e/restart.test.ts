@@ -21,7 +21,7 @@ import { setLogLevel } from '../../src/util/log.js';
 import { requireTool, run, runOk, tempDir } from '../helpers/env.js';
 import { connect, qcow2With, slotReads, writeStream } from './io.js';
 import { baseContent, checkQcow2, compareImages, MiB, modelImage, PairModel, qemuIo } from './model.js';
-import { killSide, nbdUri, startPrimary, startSecondary } from './pair.js';
+import { killSide, listenArg, nbdUri, startPrimary, startSecondary } from './pair.js';
 import { ProcessGroup, waitForFile } from './processes.js';
 
 const SIZE = 16 * MiB;
@@ -47,7 +47,7 @@ test('a secondary restarted after SIGKILL refuses its leftover overlays; they re
     writeFileSync(dir.file('p.raw'), base);
     const disk = await qcow2With(dir.file('s.qcow2'), base, dir.file('scratch.raw'));
     const secondary = await startSecondary(group, 'colo-blk', { dir: dir.path, disk, format: 'qcow2' });
-    const primary = await startPrimary(group, 'colo-blk', { dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondarySocket: secondary.nbdSocket });
+    const primary = await startPrimary(group, 'colo-blk', { dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondary: secondary.nbd });
     const primaryWrite = async (pattern: number, offset: number, length: number): Promise<void> => {
       await qemuIo(primary.guestUri, 'raw', [`write -P ${pattern} ${offset} ${length}`]);
       model.primaryWrite('write', offset, length, pattern);
@@ -125,8 +125,8 @@ test('a primary restarted after SIGKILL keeps what was flushed; a qcow2 left dir
     const disk = await qcow2With(dir.file('p.qcow2'), base, dir.file('scratch.raw'));
     writeFileSync(dir.file('s1.raw'), base);
     const s1 = await startSecondary(group, 'colo-blk', { dir: dir.path, disk: dir.file('s1.raw'), format: 'raw' });
-    const p1 = await startPrimary(group, 'colo-blk', { dir: dir.path, disk, format: 'qcow2', secondarySocket: s1.nbdSocket });
-    const client = await connect(p1.nbdSocket, 'pvm');
+    const p1 = await startPrimary(group, 'colo-blk', { dir: dir.path, disk, format: 'qcow2', secondary: s1.nbd });
+    const client = await connect(p1.nbd, 'pvm');
     const flushed = await writeStream(client, 0, 32, 7, () => undefined);
     await client.flush();
     let killed = false;
@@ -144,7 +144,7 @@ test('a primary restarted after SIGKILL keeps what was flushed; a qcow2 left dir
     // Restarted against a secondary re-seeded from its disk: it opens, replicates, and reports no error.
     await runOk('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', disk, dir.file('s2.raw')]);
     const s2 = await startSecondary(group, 'colo-blk', { dir: dir.path, disk: dir.file('s2.raw'), format: 'raw' });
-    const p2 = await startPrimary(group, 'colo-blk', { dir: dir.path, disk, format: 'qcow2', secondarySocket: s2.nbdSocket });
+    const p2 = await startPrimary(group, 'colo-blk', { dir: dir.path, disk, format: 'qcow2', secondary: s2.nbd });
     assert.deepEqual(await p2.qmp.execute('query-xen-replication-status'), { error: false });
     await qemuIo(p2.guestUri, 'raw', ['write -P 0x66 12M 1M', ...slotReads(flushed, 7)]);
     await qemuIo(s2.parentUri, 'raw', ['read -P 0x66 12M 1M', ...slotReads(flushed, 7)], true);
@@ -163,7 +163,7 @@ test('a primary restarted after SIGKILL keeps what was flushed; a qcow2 left dir
     writeFileSync(dir.file('s3.raw'), Buffer.alloc(SIZE));
     await qemuIo(dir.file('s3.raw'), 'raw', ['write -P 0x77 0 3M']);
     const s3 = await startSecondary(group, 'colo-blk', { dir: dir.path, disk: dir.file('s3.raw'), format: 'raw' });
-    const p3 = await startPrimary(group, 'colo-blk', { dir: dir.path, disk: dirty, format: 'qcow2', secondarySocket: s3.nbdSocket });
+    const p3 = await startPrimary(group, 'colo-blk', { dir: dir.path, disk: dirty, format: 'qcow2', secondary: s3.nbd });
     await qemuIo(p3.guestUri, 'raw', ['read -P 0x77 0 3M', 'write -P 0x78 4M 1M'], false);
     await killSide(s3);
     assert.equal((await p3.child.kill('SIGTERM')).code, 0, p3.child.tail());
@@ -185,16 +185,16 @@ test('a primary with --reconnect-delay waits out a secondary restarted with --di
     writeFileSync(dir.file('s.raw'), base);
     const secondary = await startSecondary(group, 'colo-blk', { dir: dir.path, disk: dir.file('s.raw'), format: 'raw' });
     const primary = await startPrimary(group, 'colo-blk', {
-      dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondarySocket: secondary.nbdSocket, args: ['--reconnect-delay', '60'],
+      dir: dir.path, disk: dir.file('p.raw'), format: 'raw', secondary: secondary.nbd, args: ['--reconnect-delay', '60'],
     });
-    const client = await connect(primary.nbdSocket, 'pvm');
+    const client = await connect(primary.nbd, 'pvm');
     let restarted: Promise<unknown> | null = null;
     // The secondary dies with guest writes in flight; they wait, then go to the restarted one.
     const acked = await writeStream(client, 0, 128, 9, (n) => {
       if (n !== 16 || restarted) return;
       restarted = killSide(secondary).then(async () => {
         const again = group.colo('secondary again', ['secondary', '--disk', secondary.disk, '--active', secondary.active, '--hidden', secondary.hidden,
-          '--listen', `unix:${secondary.nbdSocket}`, '--discard-overlays']);
+          '--listen', listenArg(secondary.nbd), '--discard-overlays']);
         return again.waitReady();
       });
     });
