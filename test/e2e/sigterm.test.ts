@@ -192,3 +192,29 @@ test('primary with its secondary dead: writes still succeed, the status says so,
     dir.cleanup();
   }
 });
+
+test('secondary during the failover commit: SIGTERM stops it cleanly and the overlays still give the failover result', async () => {
+  const { dir, group } = setup();
+  try {
+    const s = await startSecondary(group, dir);
+    // Much to commit: the primary rewrote the whole disk since the checkpoint, the view wrote half of it.
+    await qemuIo(nbdUri(s.sock, 'parent0'), 'raw', ['write -P 0x51 0 16M']);
+    await qemuIo(nbdUri(s.sock, 'svm'), 'raw', ['write -P 0x52 0 8M']);
+    const expected = Buffer.from(base).fill(0x52, 0, 8 * MiB);
+    const qmp = await QmpClient.connect(s.qmp);
+    await qmp.execute('nbd-server-remove', { name: 'parent0', mode: 'hard' });
+    await qmp.execute('xen-set-replication', { enable: false, primary: false, failover: true });
+    s.child.proc.kill('SIGTERM');
+    assert.equal((await s.child.exited).code, 0, s.child.tail());
+    await qmp.close();
+    await assertClean(s.disk, s.active, s.hidden);
+    // Committed or not, committing the overlays (docs/operations.md) gives the failover's result.
+    await runOk('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', s.disk, '-F', 'qcow2', s.hidden]);
+    await runOk('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', s.hidden, '-F', 'qcow2', s.active]);
+    await runOk('qemu-img', ['commit', '-q', '-f', 'qcow2', '-b', s.disk, s.active]);
+    await qemuIo(s.disk, 'qcow2', patternReads(expected), true);
+  } finally {
+    await group.killAll();
+    dir.cleanup();
+  }
+});
