@@ -25,7 +25,8 @@ export function baseContent(size: number): Buffer {
   return buf;
 }
 
-export type WriteKind = 'write' | 'zero' | 'discard';
+/** `fua`: a write with FUA; `zero-unmap`: write-zeroes that may unmap. */
+export type WriteKind = 'write' | 'fua' | 'zero' | 'zero-unmap' | 'discard';
 
 export class PairModel {
   primary: Buffer;
@@ -38,14 +39,11 @@ export class PairModel {
   }
 
   primaryWrite(kind: WriteKind, offset: number, length: number, pattern: number): void {
-    // Discard is a successful no-op through quorum and replication (spec 1.4, 9.7).
-    if (kind === 'discard') return;
-    this.primary.fill(kind === 'zero' ? 0 : pattern, offset, offset + length);
+    apply(this.primary, kind, offset, length, pattern);
   }
 
   viewWrite(kind: WriteKind, offset: number, length: number, pattern: number): void {
-    if (kind === 'discard') return;
-    this.view.fill(kind === 'zero' ? 0 : pattern, offset, offset + length);
+    apply(this.view, kind, offset, length, pattern);
   }
 
   checkpoint(): void {
@@ -62,11 +60,19 @@ export class PairModel {
   }
 }
 
+function apply(disk: Buffer, kind: WriteKind, offset: number, length: number, pattern: number): void {
+  // Discard is a successful no-op through quorum and replication (spec 1.4, 9.7).
+  if (kind === 'discard') return;
+  disk.fill(kind === 'zero' || kind === 'zero-unmap' ? 0 : pattern, offset, offset + length);
+}
+
 /** The qemu-io command for one write. */
 export function qemuIoCommand(kind: WriteKind, offset: number, length: number, pattern: number): string {
   switch (kind) {
     case 'write': return `write -P ${pattern} ${offset} ${length}`;
+    case 'fua': return `write -f -P ${pattern} ${offset} ${length}`;
     case 'zero': return `write -z ${offset} ${length}`;
+    case 'zero-unmap': return `write -z -u ${offset} ${length}`;
     case 'discard': return `discard ${offset} ${length}`;
   }
 }

@@ -48,6 +48,11 @@ export const SCRIPT: readonly Step[] = [
   v('zero', 9 * M, 128 * K),
   p('discard', M, 64 * K),
   v('write', 15 * M + 512, M - 512 - 1, 0x78),
+  p('fua', 11 * M, 128 * K, 0x79),
+  p('zero-unmap', 13 * M, 256 * K),
+  v('fua', 11 * M + 64 * K, 100, 0x7a),
+  v('zero-unmap', 3 * M, 64 * K + 512),
+  v('discard', 4 * M, 64 * K),
   check('interval 2'),
   { on: 'checkpoint' },
   // Interval 3: rolled back by the failover (the hidden disk is committed too).
