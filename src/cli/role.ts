@@ -119,7 +119,7 @@ export async function listenNbd(daemon: Daemon, addr: SocketAddress): Promise<vo
     const code = (err as { code?: string }).code ?? (BlockError.is(err) ? err.code : undefined);
     const where = addr.type === 'unix' ? addr.path : `${addr.host}:${addr.port}`;
     const raw = (err as Error).message;
-    if (code === 'EADDRINUSE' || /EADDRINUSE/.test(raw)) {
+    if (code === 'EADDRINUSE' || code === 'EBUSY' || /EADDRINUSE/.test(raw)) {
       throw new DaemonUsageError('--listen', `${where} is already in use: stop what listens there or choose another --listen address`);
     }
     if (code === 'EADDRNOTAVAIL' || /EADDRNOTAVAIL/.test(raw)) {
@@ -136,6 +136,8 @@ export async function listenQmp(daemon: Daemon, host: DaemonHost, extensions: re
   try {
     await monitor.apply('qmp', `unix:${path},server=on,wait=off`, daemon, host);
   } catch (err) {
-    throw new DaemonUsageError('--qmp', `cannot listen on ${path}: ${(err as Error).message}`);
+    const reason = (err as Error).message.replace(/^cannot listen on \S+: /, '');
+    const advice = /another server/.test(reason) ? ': stop it or choose another --qmp path' : '';
+    throw new DaemonUsageError('--qmp', `cannot listen on ${path}: ${reason}${advice}`);
   }
 }

@@ -7,10 +7,10 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
+import { connect as connectSocket, createServer, type Server } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { QmpClient } from '../../src/control/qmp-client.js';
-import { CLI, requireTool, run, runOk, tempDir } from '../helpers/env.js';
+import { requireTool, runOk, tempDir } from '../helpers/env.js';
 import { MiB } from './model.js';
 import { nbdUri } from './pair.js';
 import { ProcessGroup } from './processes.js';
@@ -31,9 +31,17 @@ function snapshot(dir: string): Map<string, string> {
 /** Runs a refused command; returns its one message line after checking everything else. */
 async function refusal(dir: string, args: string[]): Promise<string> {
   const before = snapshot(dir);
-  const r = await run(process.execPath, [CLI, ...args], { env: { ...process.env, COLO_BLK_LOG_LEVEL: 'info' } });
+  const group = new ProcessGroup();
+  const child = group.colo('refused', args, { COLO_BLK_LOG_LEVEL: 'info' });
+  // A command that starts instead of refusing prints its ready line: stop it there.
+  const started = child.waitReady().then(() => true, () => false);
+  const exit = await Promise.race([child.exited, started.then(async (up) => {
+    if (up) await group.killAll();
+    return child.exited;
+  })]);
+  const r = { status: exit.code, stdout: child.stdout(), stderr: child.stderr() };
   const words = r.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('{'));
-  assert.equal(r.status, 1, `${args.join(' ')}: exit status\n${r.stderr}`);
+  assert.equal(r.status, 1, `${args.join(' ')}: exit status\n${r.stdout}${r.stderr}`);
   assert.equal(r.stdout, '', `${args.join(' ')}: no ready line`);
   assert.equal(words.length, 1, `${args.join(' ')}: one line of message, got:\n${words.join('\n')}`);
   assert.deepEqual(snapshot(dir), before, `${args.join(' ')}: the folder changed`);
@@ -94,11 +102,26 @@ describe('refusals', () => {
     for (const [args, expected] of cases) assert.match(await refusal(dir.path, args), expected);
   });
 
-  test('secondary: a busy or foreign --listen address, and no overlay is left behind', async () => {
+  test('secondary: a busy or foreign --listen or --qmp address, and no overlay is left behind', async () => {
     assert.match(await refusal(dir.path, secondary('--disk', f('disk.raw'), '--listen', `127.0.0.1:${busy.port}`)),
       new RegExp(`^colo-blk secondary: --listen: 127\\.0\\.0\\.1:${busy.port} is already in use: stop what listens there or choose another --listen address$`));
     assert.match(await refusal(dir.path, secondary('--disk', f('disk.raw'), '--listen', '192.0.2.1:10809')),
       /^colo-blk secondary: --listen: 192\.0\.2\.1:10809 is not an address of this host: choose one that is$/);
+    // A live server's unix socket is not taken over (a primary reconnecting there would reach the wrong disk).
+    const live = createServer(() => undefined);
+    await new Promise<void>((resolve) => live.listen(f('live.sock'), () => resolve()));
+    try {
+      assert.match(await refusal(dir.path, secondary('--disk', f('disk.raw'), '--listen', `unix:${f('live.sock')}`)),
+        /^colo-blk secondary: --listen: .*live\.sock is already in use: stop what listens there or choose another --listen address$/);
+      assert.match(await refusal(dir.path, secondary('--disk', f('disk.raw'), '--listen', freeUnix(), '--qmp', f('live.sock'))),
+        /^colo-blk secondary: --qmp: cannot listen on .*live\.sock: another server is listening there: stop it or choose another --qmp path$/);
+      await new Promise<void>((resolve, reject) => {
+        const probe = connectSocket(f('live.sock'), () => { probe.destroy(); resolve(); });
+        probe.once('error', reject);
+      });
+    } finally {
+      await new Promise<void>((resolve) => live.close(() => resolve()));
+    }
   });
 
   test('secondary: damaged disks and unusable overlays', async () => {
