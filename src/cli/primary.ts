@@ -66,7 +66,11 @@ export async function primaryMain(argv: readonly string[]): Promise<number> {
           file: target,
         });
       } catch (err) {
-        throw new DaemonUsageError('--secondary', `cannot reach the secondary at ${secondaryUri} (${(err as Error).message}): start colo-blk secondary first and check the address`);
+        const reason = (err as Error).message;
+        if (/export .* not present/.test(reason)) {
+          throw new DaemonUsageError('--secondary', `the secondary at ${secondaryUri} has no export '${String(target.export ?? '')}': name its replication export (parent0 on colo-blk and in QEMU's recipe)`);
+        }
+        throw new DaemonUsageError('--secondary', `cannot reach the secondary at ${secondaryUri} (${reason}): start colo-blk secondary first and check the address`);
       }
       if (replication.size !== local.size) {
         throw new DaemonUsageError('--secondary', `the secondary disk is ${describeSize(replication.size)} but the primary disk is ${describeSize(local.size)}: give the secondary a copy of this disk`);

@@ -169,6 +169,8 @@ describe('refusals', () => {
       const uri = nbdUri(other.file('s.nbd'), 'parent0');
       assert.match(await refusal(dir.path, primary('--disk', f('disk.raw'), '--secondary', uri, '--listen', freeUnix())),
         /^colo-blk primary: --secondary: the secondary disk is 32 MiB \(33554432 bytes\) but the primary disk is 16 MiB \(16777216 bytes\): give the secondary a copy of this disk$/);
+      assert.match(await refusal(dir.path, primary('--disk', f('big.raw'), '--secondary', nbdUri(other.file('s.nbd'), 'parent1'), '--listen', freeUnix())),
+        /^colo-blk primary: --secondary: the secondary at nbd\+unix:\/\/\/parent1\?socket=.* has no export 'parent1': name its replication export \(parent0 on colo-blk and in QEMU's recipe\)$/);
       assert.match(await refusal(dir.path, primary('--disk', f('big.raw'), '--secondary', uri, '--listen', `127.0.0.1:${busy.port}`)),
         /^colo-blk primary: --listen: 127\.0\.0\.1:\d+ is already in use: stop what listens there or choose another --listen address$/);
       const qmp = await QmpClient.connect(other.file('s.qmp'));
