@@ -150,26 +150,36 @@ export class BlockGraph {
     }
   }
 
-  /** Flushes and closes every node, parents before children. */
+  /** Flushes and closes every node, parents before children; throws the first failure. */
   async closeAll(): Promise<void> {
-    const errors: unknown[] = [];
-    const flushErrors = await Promise.allSettled([...this.nodes].map((n) => n.isClosed ? Promise.resolve() : n.flush()));
-    for (const r of flushErrors) if (r.status === 'rejected') errors.push(r.reason);
+    const failures = await this.closeAllReport();
+    if (failures.length > 0) throw failures[0]!.error;
+  }
+
+  /**
+   * Flushes and closes every node, parents before children, going on past
+   * failures; returns each failure with the node it happened on.
+   */
+  async closeAllReport(): Promise<Array<{ node: BlockNode; error: unknown }>> {
+    const failures: Array<{ node: BlockNode; error: unknown }> = [];
+    const nodes = [...this.nodes];
+    const flushed = await Promise.allSettled(nodes.map((n) => n.isClosed ? Promise.resolve() : n.flush()));
+    flushed.forEach((r, i) => { if (r.status === 'rejected') failures.push({ node: nodes[i]!, error: r.reason }); });
     while (this.nodes.size > 0) {
       const roots = [...this.nodes].filter((n) => n.nodeParents.every((p) => !this.nodes.has(p)));
       const batch = roots.length > 0 ? roots : [...this.nodes];
       for (const n of batch) {
         try {
           await n.close();
-        } catch (err) {
-          errors.push(err);
+        } catch (error) {
+          failures.push({ node: n, error });
         }
         this.nodes.delete(n);
         if (this.byName.get(n.nodeName) === n) this.byName.delete(n.nodeName);
         this.monitorOwned.delete(n);
       }
     }
-    if (errors.length > 0) throw errors[0];
+    return failures;
   }
 
   // ------------------------------------------------------------------ open

@@ -13,7 +13,7 @@
  */
 import { QmpError } from '../control/errors.js';
 import { QmpClient } from '../control/qmp-client.js';
-import { checkpointPair, failoverPrimary, failoverSecondary, replicationStatus } from '../control/colo-ops.js';
+import { checkpointPair, failoverPrimary, failoverSecondary, replicationRole, replicationStatus } from '../control/colo-ops.js';
 import { lastValue, parseArgs, UsageError } from './args.js';
 
 const USAGE = `usage: colo-blk checkpoint --qmp SECONDARY_QMP [--primary-qmp PRIMARY_QMP]
@@ -58,8 +58,8 @@ export async function coloMain(command: 'checkpoint' | 'failover' | 'status', ar
         return 0;
       }
       case 'failover': {
-        const status = await replicationStatus(client);
-        const mode = status.nodes?.[0]?.mode ?? 'secondary';
+        const mode = await replicationRole(client);
+        if (mode === null) throw new Error('this side has no replication node: nothing to fail over');
         if (mode === 'primary') {
           await failoverPrimary(client);
           print({ role: 'primary', replication: 'removed' });

@@ -16,7 +16,7 @@ import { isChildManager } from '../control/child-manager.js';
 import { replicationRegistry } from '../replication/registry.js';
 import { lastValue } from './args.js';
 import { nbdUriOptions } from './open-image.js';
-import { addNode, diskOptions, listenNbd, listenQmp, parseRoleArgs } from './role.js';
+import { addNode, describeSize, diskOptions, listenNbd, listenQmp, parseRoleArgs } from './role.js';
 
 export const PRIMARY_USAGE = `usage: colo-blk primary --disk FILE --secondary nbd://HOST:PORT/parent0 --listen HOST:PORT
                         [--reconnect-delay SECONDS] [--qmp PATH] [--pidfile PATH] [--log-level LEVEL]
@@ -34,9 +34,12 @@ export async function primaryMain(argv: readonly string[]): Promise<number> {
   }
   let role;
   try {
-    role = parseRoleArgs('primary', argv, ['disk', 'secondary', 'reconnect-delay'], ['disk', 'secondary']);
+    role = parseRoleArgs('primary', argv, {
+      values: ['disk', 'secondary', 'reconnect-delay'],
+      required: { disk: 'the disk image to protect', secondary: "the secondary's replication export (nbd://HOST:PORT/parent0)" },
+    });
   } catch (err) {
-    process.stderr.write(`colo-blk primary: ${(err as Error).message}\n${PRIMARY_USAGE}`);
+    process.stderr.write(`colo-blk primary: ${(err as Error).message}\n`);
     return 1;
   }
   const disk = resolve(lastValue(role.args, 'disk')!);
@@ -63,10 +66,14 @@ export async function primaryMain(argv: readonly string[]): Promise<number> {
           file: target,
         });
       } catch (err) {
-        throw new DaemonUsageError('--secondary', `cannot reach the secondary at ${secondaryUri} (${(err as Error).message}): start colo-blk secondary first and check the address`);
+        const reason = (err as Error).message;
+        if (/export .* not present/.test(reason)) {
+          throw new DaemonUsageError('--secondary', `the secondary at ${secondaryUri} has no export '${String(target.export ?? '')}': name its replication export (parent0 on colo-blk and in QEMU's recipe)`);
+        }
+        throw new DaemonUsageError('--secondary', `cannot reach the secondary at ${secondaryUri} (${reason}): start colo-blk secondary first and check the address`);
       }
       if (replication.size !== local.size) {
-        throw new DaemonUsageError('--secondary', `the secondary disk is ${replication.size} bytes but the primary disk is ${local.size}: both sides need copies of the same disk`);
+        throw new DaemonUsageError('--secondary', `the secondary disk is ${describeSize(replication.size)} but the primary disk is ${describeSize(local.size)}: give the secondary a copy of this disk`);
       }
       if (!isChildManager(quorum)) throw new Error('quorum cannot take children at run time');
       quorum.addChild(replication);

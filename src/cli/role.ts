@@ -5,14 +5,14 @@
  */
 import { resolve } from 'node:path';
 import type { BlockNode } from '../block/node.js';
-import { BlockError } from '../block/errors.js';
+import { BlockError, strerror } from '../block/errors.js';
 import type { OptionDict } from '../block/options.js';
 import { DaemonUsageError } from '../daemon/args.js';
 import type { Daemon } from '../daemon/daemon.js';
 import type { DaemonExtension, DaemonHost } from '../daemon/extension.js';
 import type { SocketAddress } from '../nbd/address.js';
 import { isLogLevel, setLogLevel } from '../util/log.js';
-import { lastValue, parseArgs, type ParsedArgs } from './args.js';
+import { lastValue, parseArgs, UsageError, type ParsedArgs } from './args.js';
 import { probeFormat } from './open-image.js';
 
 export interface RoleArgs {
@@ -24,12 +24,26 @@ export interface RoleArgs {
 
 const COMMON_VALUES = ['listen', 'qmp', 'pidfile', 'log-level'];
 
-/** Parses a role's command line; `values` are its own options taking a value. */
-export function parseRoleArgs(command: string, argv: readonly string[], values: readonly string[], required: readonly string[]): RoleArgs {
-  const args = parseArgs(argv, { withValue: [...COMMON_VALUES, ...values], switches: ['help', 'h'] });
-  if (args.positionals.length > 0) throw new DaemonUsageError(args.positionals[0]!, `unexpected argument for colo-blk ${command}`);
-  for (const name of ['listen', ...required]) {
-    if (lastValue(args, name) === undefined) throw new DaemonUsageError(`--${name}`, 'is required');
+/**
+ * Parses a role's command line. `values` are its own options taking a
+ * value, `switches` its own switches, and `required` maps each option that
+ * must be given to what it names (for the message when it is missing).
+ */
+export function parseRoleArgs(
+  command: string,
+  argv: readonly string[],
+  spec: { values: readonly string[]; switches?: readonly string[]; required: Readonly<Record<string, string>> },
+): RoleArgs {
+  let args: ParsedArgs;
+  try {
+    args = parseArgs(argv, { withValue: [...COMMON_VALUES, ...spec.values], switches: ['help', 'h', ...(spec.switches ?? [])] });
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message} (colo-blk ${command} --help lists the options)`);
+  }
+  if (args.positionals.length > 0) throw new DaemonUsageError(args.positionals[0]!, `unexpected argument (colo-blk ${command} --help lists the options)`);
+  const required: Record<string, string> = { listen: 'the NBD server address, HOST:PORT or unix:PATH', ...spec.required };
+  for (const [name, what] of Object.entries(required)) {
+    if (lastValue(args, name) === undefined) throw new DaemonUsageError(`--${name}`, `missing; give ${what}`);
   }
   const level = lastValue(args, 'log-level');
   if (level !== undefined) {
@@ -46,10 +60,26 @@ export function parseRoleArgs(command: string, argv: readonly string[], values: 
 
 /** `HOST:PORT`, `[V6]:PORT`, `:PORT` (all interfaces) or `unix:PATH`. */
 export function parseListen(text: string): SocketAddress {
-  if (text.startsWith('unix:')) return { type: 'unix', path: resolve(text.slice(5)) };
+  if (text.startsWith('unix:')) {
+    if (text.length === 5) throw new DaemonUsageError('--listen', "'unix:' names no socket path: give unix:PATH");
+    return { type: 'unix', path: resolve(text.slice(5)) };
+  }
   const m = /^(\[[^\]]+\]|[^:]*):(\d+)$/.exec(text);
-  if (!m || Number(m[2]) > 65535) throw new DaemonUsageError('--listen', `'${text}' is not HOST:PORT or unix:PATH`);
+  if (!m) throw new DaemonUsageError('--listen', `'${text}' is not HOST:PORT or unix:PATH (for example 127.0.0.1:10809)`);
+  if (Number(m[2]) > 65535) throw new DaemonUsageError('--listen', `port ${m[2]} in '${text}' is out of range: use 1 to 65535 (0 picks a free port)`);
   return { type: 'inet', host: m[1] === '' ? '0.0.0.0' : m[1]!.replace(/^\[|\]$/g, ''), port: m[2]! };
+}
+
+/** `16 MiB (16777216 bytes)`: sizes in messages. */
+export function describeSize(bytes: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && value % 1024 === 0 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${bytes} bytes` : `${value} ${units[unit]} (${bytes} bytes)`;
 }
 
 /** Blockdev options for an image file, its format probed (qcow2 or raw). */
@@ -58,18 +88,26 @@ export async function diskOptions(option: string, path: string, nodeName: string
   try {
     format = await probeFormat(path);
   } catch (err) {
-    throw new DaemonUsageError(option, `${(err as Error).message}: give the path of an existing disk image`);
+    const code = BlockError.is(err) ? err.code : undefined;
+    const reason = code ? strerror(code) : (err as Error).message;
+    throw new DaemonUsageError(option, `cannot open ${path} (${reason}): name an existing disk image`);
   }
   return { driver: format, 'node-name': nodeName, file: { driver: 'file', filename: path } };
 }
 
-/** Opens a node, turning an image the driver refuses into one line naming the option. */
+/** Opens a node, turning an image the driver refuses into one line naming the option and what to do. */
 export async function addNode(daemon: Daemon, option: string, options: OptionDict): Promise<BlockNode> {
   try {
     return await daemon.addBlockdev(options);
   } catch (err) {
     const file = (options.file as OptionDict | undefined)?.filename ?? options['node-name'];
-    throw new DaemonUsageError(option, `cannot open ${String(file)}: ${(err as Error).message}`);
+    const reason = (err as Error).message;
+    // Damage shows as EINVAL/EIO; the driver's refusal of a corrupt image already says how to repair.
+    const damaged = !BlockError.is(err) || err.code === 'EINVAL' || err.code === 'EIO';
+    const advice = options.driver === 'qcow2' && damaged && !/qemu-img check/.test(reason)
+      ? ': the qcow2 image is damaged; repair it (qemu-img check -r all) or restore it from a copy'
+      : '';
+    throw new DaemonUsageError(option, `cannot open ${String(file)}: ${reason}${advice}`);
   }
 }
 
@@ -81,7 +119,7 @@ export async function listenNbd(daemon: Daemon, addr: SocketAddress): Promise<vo
     const code = (err as { code?: string }).code ?? (BlockError.is(err) ? err.code : undefined);
     const where = addr.type === 'unix' ? addr.path : `${addr.host}:${addr.port}`;
     const raw = (err as Error).message;
-    if (code === 'EADDRINUSE' || /EADDRINUSE/.test(raw)) {
+    if (code === 'EADDRINUSE' || code === 'EBUSY' || /EADDRINUSE/.test(raw)) {
       throw new DaemonUsageError('--listen', `${where} is already in use: stop what listens there or choose another --listen address`);
     }
     if (code === 'EADDRNOTAVAIL' || /EADDRNOTAVAIL/.test(raw)) {
@@ -98,6 +136,8 @@ export async function listenQmp(daemon: Daemon, host: DaemonHost, extensions: re
   try {
     await monitor.apply('qmp', `unix:${path},server=on,wait=off`, daemon, host);
   } catch (err) {
-    throw new DaemonUsageError('--qmp', `cannot listen on ${path}: ${(err as Error).message}`);
+    const reason = (err as Error).message.replace(/^cannot listen on \S+: /, '');
+    const advice = /another server/.test(reason) ? ': stop it or choose another --qmp path' : '';
+    throw new DaemonUsageError('--qmp', `cannot listen on ${path}: ${reason}${advice}`);
   }
 }

@@ -169,6 +169,26 @@ export async function failoverPrimary(client: QmpClient, options: { quorum?: str
   await client.execute('blockdev-del', { 'node-name': node });
 }
 
+/**
+ * Which side of a pair a process is: its replication node's mode on
+ * colo-blk; on QEMU, which does not report the mode, a replication node
+ * over an NBD client is a primary. Null when it has no replication node.
+ */
+export async function replicationRole(client: QmpClient): Promise<'primary' | 'secondary' | null> {
+  if (await isColoBlk(client)) {
+    const nodes = await client.execute<ReplicationNodeInfo[]>('x-colo-blk-query-replication');
+    return nodes[0]?.mode ?? null;
+  }
+  const named = await client.execute<Array<{ 'node-name': string; drv: string }>>('query-named-block-nodes', { flat: true });
+  const drivers = new Map(named.map((n) => [n['node-name'], n.drv]));
+  const graph = await client.execute<{ nodes: Array<{ id: number; name: string }>; edges: Array<{ parent: number; child: number; name: string }> }>('x-debug-query-block-graph');
+  const names = new Map(graph.nodes.map((n) => [n.id, n.name]));
+  const replication = graph.nodes.filter((n) => drivers.get(n.name) === 'replication');
+  if (replication.length === 0) return null;
+  const overNbd = replication.some((r) => graph.edges.some((e) => e.parent === r.id && e.name === 'file' && drivers.get(names.get(e.child) ?? '') === 'nbd'));
+  return overNbd ? 'primary' : 'secondary';
+}
+
 async function isColoBlk(client: QmpClient): Promise<boolean> {
   const version = await client.execute<{ package: string }>('query-version');
   return version.package.startsWith('colo-blk');

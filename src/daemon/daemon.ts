@@ -247,7 +247,30 @@ export class Daemon {
     // Requests held by a pause would otherwise keep the server from closing.
     this.resume();
     if (this.server) await this.stopNbdServer();
-    await this.graph.closeAll();
+    const remote = this.remoteNodes();
+    const failures = await this.graph.closeAllReport();
+    // A peer that is gone (a dead replication link) cannot be flushed, and
+    // nothing here depends on it: the replication engine already latched and
+    // reported that error. Only images this process holds fail the shutdown.
+    for (const f of failures.filter((x) => remote.has(x.node))) {
+      this.log.warn('daemon.remote-flush-failed', { node: f.node.nodeName, driver: f.node.driver, error: f.error });
+    }
+    const local = failures.find((x) => !remote.has(x.node));
+    if (local) throw local.error;
+  }
+
+  /** Nodes whose data lives only in NBD peers: nbd clients and filters with nothing but such nodes below. */
+  private remoteNodes(): Set<BlockNode> {
+    const remote = new Set<BlockNode>();
+    const isRemote = (node: BlockNode): boolean => {
+      if (remote.has(node)) return true;
+      const children = [...node.children.values()].map((ref) => ref.node);
+      const yes = node.driver === 'nbd' || (children.length > 0 && children.every(isRemote));
+      if (yes) remote.add(node);
+      return yes;
+    };
+    for (const node of this.graph.allNodes()) isRemote(node);
+    return remote;
   }
 
   private emit(e: DaemonEvent): void {

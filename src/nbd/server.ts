@@ -95,11 +95,16 @@ export class NbdServer implements ConnectionHost, ExportCatalog {
     primeAllocator();
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.accept(s));
     if (this.maxConnections > 0) server.maxConnections = this.maxConnections;
+    // Like QEMU, replace a stale socket left by a previous run, but never a
+    // regular file and never the socket of a server that still answers.
+    const stale = addr.type === 'unix' && existsSync(addr.path) && lstatSync(addr.path).isSocket();
+    if (stale && await answers(addr.path)) {
+      throw new BlockError('EBUSY', `Failed to listen on ${describe(addr)}: another server answers there`);
+    }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       if (addr.type === 'unix') {
-        // Like QEMU, replace a stale socket left by a previous run (never a regular file).
-        if (existsSync(addr.path) && lstatSync(addr.path).isSocket()) unlinkSync(addr.path);
+        if (stale) unlinkSync(addr.path);
         server.listen(addr.path, () => resolve());
       } else {
         const port = typeof addr.port === 'string' ? Number(addr.port) : addr.port;
@@ -228,4 +233,13 @@ export class NbdServer implements ConnectionHost, ExportCatalog {
       this.emit({ type: 'disconnect', conn: conn.info() });
     });
   }
+}
+
+/** Whether something accepts connections on a unix socket. */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(path);
+    probe.once('connect', () => { probe.destroy(); resolve(true); });
+    probe.once('error', () => resolve(false));
+  });
 }
