@@ -72,8 +72,10 @@ export function rowSpecs(size: number): RowSpec[] {
     g('seq write 1M QD1', 'MiB/s', 'higher', ['seq1m'], (r) => r.metrics.mibps);
     g('rand write 4K QD1', 'IOPS', 'higher', ['rand4k-qd1'], (r) => r.metrics.iops);
     g('rand write 4K QD1 p50 latency', 'us', 'lower', ['rand4k-qd1'], (r) => r.metrics.clatP50Us);
+    g('rand write 4K QD1 p99 latency', 'us', 'lower', ['rand4k-qd1'], (r) => r.metrics.clatP99Us);
     g('rand write 4K QD16', 'IOPS', 'higher', ['rand4k-qd16'], (r) => r.metrics.iops);
     g('rand write 4K QD16 p50 latency', 'us', 'lower', ['rand4k-qd16'], (r) => r.metrics.clatP50Us);
+    g('rand write 4K QD16 p99 latency', 'us', 'lower', ['rand4k-qd16'], (r) => r.metrics.clatP99Us);
     g('server CPU per seq 1M run', 'CPU-s', 'lower', ['seq1m'], (r) => r.serverCpuS);
     g('server CPU per 1000 rand 4K QD1 writes', 'CPU-ms', 'lower', ['rand4k-qd1'], cpuPerThousand);
     g('server CPU per 1000 rand 4K QD16 writes', 'CPU-ms', 'lower', ['rand4k-qd16'], cpuPerThousand);

@@ -14,7 +14,7 @@ import { cpuSecondsOf, foreignCpu, memoryOf, resetPeakMemory, snapshotCpu } from
 import type { System } from './system.js';
 
 export type MetricId =
-  | 'mibps' | 'iops' | 'ios' | 'clatP50Us' | 'clatP99Us'
+  | 'mibps' | 'iops' | 'ios' | 'latMeanUs' | 'clatP50Us' | 'clatP99Us'
   | 'secondaryMs' | 'primaryMs'
   | 'commandMs' | 'commitMs' | 'firstWriteMs';
 
@@ -122,7 +122,7 @@ export async function runFioWorkload(sys: System, id: WorkloadId, round: number,
   const r = await runFio(ctx.pm, w, sys.pvmUri(), output, name);
   meter.finish(rec);
   rec.fioOutput = output;
-  rec.metrics = { mibps: r.mibps, iops: r.iops, ios: r.totalIos, clatP50Us: r.clatP50Us, clatP99Us: r.clatP99Us };
+  rec.metrics = { mibps: r.mibps, iops: r.iops, ios: r.totalIos, latMeanUs: r.latMeanUs, clatP50Us: r.clatP50Us, clatP99Us: r.clatP99Us };
   await sys.checkHealth();
   if (sys.replicated) rec.checks.push(await checkReplicated(sys, ctx, `after ${id} round ${round}`));
   return rec;
