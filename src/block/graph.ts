@@ -208,6 +208,8 @@ export class BlockGraph {
           ro,
           created,
         );
+        // Like a nested dict: closed with its last parent (blockdev-del of an overlay).
+        this.owned.add(child);
         return child;
       },
     };

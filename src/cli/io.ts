@@ -214,7 +214,7 @@ async function io<T>(op: string, fn: () => Promise<T>): Promise<T> {
 export async function ioMain(argv: string[], out: Out = (l) => process.stdout.write(`${l}\n`), errOut: Out = (l) => process.stderr.write(`${l}\n`)): Promise<number> {
   let args;
   try {
-    args = parseArgs(argv, { withValue: ['f', 'c', 't', 'cmd', 'format', 'cache'], switches: ['r', 'U', 'image-opts', 'read-only', 'force-share', 'h', 'help'] });
+    args = parseArgs(argv, { withValue: ['f', 'c', 't', 'cmd', 'format', 'cache'], switches: ['r', 'q', 'U', 'image-opts', 'read-only', 'force-share', 'quiet', 'h', 'help'] });
   } catch (err) {
     if (err instanceof UsageError) {
       errOut(`colo-blk io: ${err.message}`);
@@ -243,6 +243,7 @@ export async function ioMain(argv: string[], out: Out = (l) => process.stdout.wr
     return 1;
   }
   const blk = new BlockBackend('io', node);
+  const print = hasSwitch(args, 'q', 'quiet') ? () => {} : out;
   let failed = false;
   try {
     for (const cmd of [...(args.options.get('c') ?? []), ...(args.options.get('cmd') ?? [])]) {
@@ -253,7 +254,7 @@ export async function ioMain(argv: string[], out: Out = (l) => process.stdout.wr
         continue;
       }
       try {
-        await runCommand(cmd, blk, node, out);
+        await runCommand(cmd, blk, node, print);
       } catch (err) {
         if (!(err instanceof CommandError)) throw err;
         out(err.message);

@@ -21,6 +21,8 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'io':
       return (await import('./io.js')).ioMain(rest);
+    case 'img':
+      return (await import('./img.js')).imgMain(rest);
     case 'qmp':
       return (await import('./qmp.js')).qmpMain(rest);
     case undefined:

@@ -5,12 +5,14 @@
 import { BlockGraph, type DriverDefinition } from '../block/graph.js';
 import { fileDriver } from './file.js';
 import { memoryDriver } from './memory.js';
+import { qcow2Driver } from './qcow2/index.js';
 import { rawDriver } from './raw.js';
 
 export const builtinDrivers: readonly DriverDefinition[] = [
   fileDriver,
   rawDriver,
   memoryDriver,
+  qcow2Driver,
 ];
 
 export function createGraph(): BlockGraph {
