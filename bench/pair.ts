@@ -10,7 +10,7 @@
  * the command lines and versions, and writes everything, fio JSON and QMP
  * trace included, to bench/results/<UTC stamp>/. See bench/README.md.
  */
-import { appendFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { USAGE, parseConfig, type BenchConfig } from './pair/config.js';
@@ -36,6 +36,26 @@ function checkTools(): void {
   if (!/\bnbd\b/.test(eng.stdout)) throw new Error('this fio has no nbd ioengine (fio --enghelp does not list it)');
 }
 
+const WORK_PREFIX = 'colo-blk-bench-pair-';
+
+/** Image folders left by a harness that was SIGKILLed (its children died with it; its folder did not). */
+function removeStaleWorkDirs(base: string): void {
+  for (const name of readdirSync(base)) {
+    if (!name.startsWith(WORK_PREFIX)) continue;
+    let owner = Number.NaN;
+    try {
+      owner = Number(readFileSync(join(base, name, 'owner.pid'), 'utf8'));
+    } catch {
+      continue;
+    }
+    try {
+      process.kill(owner, 0);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ESRCH') rmSync(join(base, name), { recursive: true, force: true });
+    }
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   let cfg: BenchConfig;
   try {
@@ -58,7 +78,9 @@ async function main(argv: string[]): Promise<number> {
   mkdirSync(fioDir, { recursive: true });
   const commandLog = join(outDir, 'commands.log');
   const benchLog = join(outDir, 'bench.log');
-  const workDir = mkdtempSync(join(cfg.workDir, 'colo-blk-bench-pair-'));
+  removeStaleWorkDirs(cfg.workDir);
+  const workDir = mkdtempSync(join(cfg.workDir, WORK_PREFIX));
+  writeFileSync(join(workDir, 'owner.pid'), String(process.pid));
   const progress = (line: string): void => {
     process.stderr.write(`${line}\n`);
     appendFileSync(benchLog, `${line}\n`);
