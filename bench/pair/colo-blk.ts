@@ -10,10 +10,9 @@
  * is missing is skipped with the reason.
  */
 import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
-import { builtinDrivers } from '../../src/drivers/index.js';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { SystemId } from './config.js';
 import { copyImage, createColoOverlays } from './images.js';
 import { waitForNbd } from './nbd-client.js';
@@ -24,7 +23,10 @@ import {
   type CheckpointTiming, type FailoverTiming, type Group, type System, type SystemContext, type SystemProcess,
 } from './system.js';
 
-export const COLO_BLK_CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+/** This build's CLI, or another build's (`COLO_BLK_CLI=/path/to/dist/src/cli/main.js`, to compare builds). */
+export const COLO_BLK_CLI = process.env.COLO_BLK_CLI
+  ? resolve(process.env.COLO_BLK_CLI)
+  : fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 
 /** colo-blk logs one JSON line per event; at info level the connection chatter is noise in a benchmark. */
 const COLO_ENV = { COLO_BLK_LOG_LEVEL: 'warn' };
@@ -40,10 +42,17 @@ export function coloBlkAvailability(): Record<Group, string | null> {
     ? null
     : "'colo-blk primary' / 'colo-blk secondary' are not in this build (issue 5; git merge main once they land)";
   const daemon = subcommandWorks('daemon');
-  const hasQuorum = builtinDrivers.some((d) => d.name === 'quorum');
+  const hasQuorum = hasDriver('quorum');
   const nbd = daemon ? null : "'colo-blk daemon' is not in this build (nbd branch; git merge main once it lands)";
   const alone = !daemon ? nbd : hasQuorum ? null : 'the quorum driver is not in this build (replication branch)';
   return { pair, alone, nbd };
+}
+
+/** Asks the build the CLI belongs to whether it registers a block driver. */
+function hasDriver(name: string): boolean {
+  const drivers = pathToFileURL(join(dirname(COLO_BLK_CLI), '..', 'drivers', 'index.js')).href;
+  const probe = `import(${JSON.stringify(drivers)}).then((m) => process.exit(m.builtinDrivers.some((d) => d.name === ${JSON.stringify(name)}) ? 0 : 1), () => process.exit(2));`;
+  return spawnSync(process.execPath, ['--input-type=module', '-e', probe], { stdio: 'ignore', timeout: 20_000 }).status === 0;
 }
 
 function nodeArgs(sub: string, args: string[]): string[] {
