@@ -6,7 +6,8 @@
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 
-const CLK_TCK = ((): number => {
+/** Clock ticks per second of /proc/PID/stat times. */
+export const CLK_TCK = ((): number => {
   const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
   const n = Number(r.stdout?.trim());
   return Number.isFinite(n) && n > 0 ? n : 100;
@@ -76,6 +77,15 @@ export function snapshotCpu(): CpuSnapshot {
     if (s) snap.set(Number(d), s);
   }
   return snap;
+}
+
+/** `root` and all its descendants in a snapshot. */
+export function processTree(snap: CpuSnapshot, root: number): number[] {
+  const tree = [root];
+  for (let i = 0; i < tree.length; i++) {
+    for (const [pid, s] of snap) if (s.ppid === tree[i] && !tree.includes(pid)) tree.push(pid);
+  }
+  return tree.filter((pid) => snap.has(pid));
 }
 
 /**

@@ -16,7 +16,7 @@ import type { ProcessManager } from './processes.js';
 import { QemuAlone, QemuPair } from './qemu.js';
 import { QemuNbd } from './qemu-nbd.js';
 import type { System, SystemContext } from './system.js';
-import { runCheckpointCase, runFailover, runFioWorkload, type RunContext, type RunRecord } from './workloads.js';
+import { runCheckpointCase, runFailover, runFioWorkload, warmUp, type RunContext, type RunRecord } from './workloads.js';
 
 export interface BenchOutcome {
   records: RunRecord[];
@@ -111,6 +111,7 @@ export async function runBenchmark(cfg: BenchConfig, env: RunnerEnv): Promise<Be
           env.progress(`start ${id}`);
           await sys.start();
           outcome.commands[id] = sys.describe();
+          await warmUp(sys, cfg.workloads, runCtx);
         } catch (err) {
           await fail(id, err);
         }

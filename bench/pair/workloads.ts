@@ -10,7 +10,7 @@ import { fioArgs, runFio, type FioWorkload } from './fio.js';
 import { DataCheckError, expectFileEquals, expectImagesIdentical, firstDifference, readImage, readRange } from './images.js';
 import { NbdConnection } from './nbd-client.js';
 import { commandLine, type ProcessManager } from './processes.js';
-import { cpuSecondsOf, foreignCpu, memoryOf, resetPeakMemory, snapshotCpu } from './procfs.js';
+import { cpuSecondsOf, foreignCpu, memoryOf, processTree, resetPeakMemory, snapshotCpu } from './procfs.js';
 import type { System } from './system.js';
 
 export type MetricId =
@@ -67,31 +67,41 @@ export function fioCommandLine(id: WorkloadId, size: number, runtime: number): s
   return w ? commandLine('fio', fioArgs(w, 'URI', 'OUT.json')) : null;
 }
 
-/** Per-run resource accounting: peak RSS reset before, read after; CPU deltas. */
+/**
+ * Per-run resource accounting of each process of the system and its
+ * descendants (a server that re-executes itself, say): CPU time used during
+ * the run, and the sum of peak RSS, reset before the run.
+ */
 class Meter {
-  private readonly cpu0 = new Map<number, number>();
   private readonly snap0 = snapshotCpu();
+  private readonly cpu0 = new Map<number, number>();
   readonly perRun: boolean;
 
   constructor(private readonly sys: System) {
     let perRun = true;
     for (const p of sys.pids()) {
-      perRun = resetPeakMemory(p.pid) && perRun;
-      this.cpu0.set(p.pid, cpuSecondsOf(p.pid) ?? Number.NaN);
+      for (const pid of processTree(this.snap0, p.pid)) {
+        perRun = resetPeakMemory(pid) && perRun;
+        this.cpu0.set(pid, cpuSecondsOf(pid) ?? 0);
+      }
     }
     this.perRun = perRun;
   }
 
   finish(rec: RunRecord): void {
-    const foreign = foreignCpu(this.snap0, snapshotCpu());
+    const snap1 = snapshotCpu();
+    const foreign = foreignCpu(this.snap0, snap1);
     rec.foreignCpuS = foreign.seconds;
     rec.foreignTop = foreign.top;
     let cpu = 0;
     const peak: Record<string, number> = {};
     for (const p of this.sys.pids()) {
-      cpu += (cpuSecondsOf(p.pid) ?? Number.NaN) - (this.cpu0.get(p.pid) ?? Number.NaN);
-      const m = memoryOf(p.pid);
-      if (m) peak[p.role] = m.peak;
+      for (const pid of processTree(snap1, p.pid)) {
+        // A process born during the run used all its CPU time during the run.
+        cpu += (cpuSecondsOf(pid) ?? 0) - (this.cpu0.get(pid) ?? 0);
+        const m = memoryOf(pid);
+        if (m) peak[p.role] = (peak[p.role] ?? 0) + m.peak;
+      }
     }
     rec.serverCpuS = cpu;
     rec.peakRss = peak;
@@ -108,6 +118,21 @@ async function checkReplicated(sys: System, ctx: RunContext, what: string): Prom
   const d = sys.disks();
   expectImagesIdentical(d.primary, d.secondary!, ctx.commandLog, `${sys.id} ${what}`);
   return 'primary == secondary (qemu-img compare)';
+}
+
+/**
+ * One untimed second of each selected fio workload, so that JIT compilation
+ * (colo-blk), allocator pools and page cache are warm before the first
+ * measured run, on every system alike.
+ */
+export async function warmUp(sys: System, workloads: readonly WorkloadId[], ctx: RunContext): Promise<void> {
+  for (const id of workloads) {
+    const w = fioWorkload(id, ctx.size, 1);
+    if (!w) continue;
+    const name = `warmup-${sys.id}-${id}`;
+    await runFio(ctx.pm, { ...w, runtime: 1 }, sys.pvmUri(), join(ctx.fioDir, `${name}.json`), name);
+  }
+  await sys.checkHealth();
 }
 
 export async function runFioWorkload(sys: System, id: WorkloadId, round: number, ctx: RunContext): Promise<RunRecord> {
