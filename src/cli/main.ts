@@ -23,6 +23,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./io.js')).ioMain(rest);
     case 'img':
       return (await import('./img.js')).imgMain(rest);
+    case 'daemon':
+      return (await import('./daemon.js')).daemonMain(rest);
     case 'qmp':
       return (await import('./qmp.js')).qmpMain(rest);
     case undefined:

@@ -5,6 +5,7 @@
 import { BlockGraph, type DriverDefinition } from '../block/graph.js';
 import { fileDriver } from './file.js';
 import { memoryDriver } from './memory.js';
+import { nbdDriver } from './nbd.js';
 import { qcow2Driver } from './qcow2/index.js';
 import { rawDriver } from './raw.js';
 
@@ -13,6 +14,7 @@ export const builtinDrivers: readonly DriverDefinition[] = [
   rawDriver,
   memoryDriver,
   qcow2Driver,
+  nbdDriver,
 ];
 
 export function createGraph(): BlockGraph {

@@ -1,0 +1,222 @@
+/**
+ * The storage daemon's core: the block graph, the NBD server and the
+ * exports on it, with the operations qemu-storage-daemon offers on its
+ * command line and over QMP (nbd-server-start/stop, block-export-add/del,
+ * query-block-exports). The command line calls these methods; the QMP
+ * monitor calls the same ones, so both behave alike.
+ */
+import { BlockError } from '../block/errors.js';
+import type { BlockGraph } from '../block/graph.js';
+import type { BlockNode } from '../block/node.js';
+import type { OptionDict } from '../block/options.js';
+import { createGraph } from '../drivers/index.js';
+import { describe, type SocketAddress } from '../nbd/address.js';
+import type { ExportStats } from '../nbd/export.js';
+import { NbdServer, type RemoveMode } from '../nbd/server.js';
+import type { ConnectionInfo, ConnectionLimits } from '../nbd/server-connection.js';
+import { rootLogger, type Logger } from '../util/log.js';
+
+export interface NbdServerConfig {
+  addr: SocketAddress;
+  /** 0 or absent = unlimited. */
+  maxConnections?: number;
+  limits?: Partial<ConnectionLimits>;
+}
+
+export interface ExportConfig {
+  /** The block-export id (QMP's `id`). */
+  id: string;
+  /** The node to export, or its node name. */
+  node: BlockNode | string;
+  /** The NBD export name; defaults to the node name, as in QEMU. */
+  name?: string;
+  writable?: boolean;
+  description?: string;
+  /** Flush every write before answering it. */
+  writethrough?: boolean;
+  /** Offer the `qemu:allocation-depth` context (off by default, as in QEMU). */
+  allocationDepth?: boolean;
+}
+
+/** What query-block-exports shows, plus the NBD details and counters. */
+export interface ExportInfo {
+  id: string;
+  type: 'nbd';
+  nodeName: string;
+  name: string;
+  writable: boolean;
+  description: string;
+  /** Removal was requested and clients are still being shut down. */
+  shuttingDown: boolean;
+  stats: ExportStats;
+}
+
+export type DaemonEvent = { event: 'BLOCK_EXPORT_DELETED'; data: { id: string } };
+
+export class Daemon {
+  readonly graph: BlockGraph;
+  private server: NbdServer | null = null;
+  /** export id → export name on the server */
+  private readonly exportsById = new Map<string, { name: string; removing: boolean }>();
+  private readonly listeners = new Set<(e: DaemonEvent) => void>();
+  private shuttingDown: Promise<void> | null = null;
+  private readonly log: Logger;
+
+  constructor(options: { graph?: BlockGraph; logger?: Logger } = {}) {
+    this.graph = options.graph ?? createGraph();
+    this.log = (options.logger ?? rootLogger).child({ component: 'daemon' });
+  }
+
+  /** Subscribes to daemon events (QMP forwards them); returns the unsubscribe function. */
+  onEvent(listener: (e: DaemonEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  // ---------------------------------------------------------------- blockdevs
+
+  addBlockdev(options: OptionDict): Promise<BlockNode> {
+    return this.graph.add(options);
+  }
+
+  // --------------------------------------------------------------- NBD server
+
+  get nbdServer(): NbdServer | null {
+    return this.server;
+  }
+
+  get serverRunning(): boolean {
+    return this.server !== null;
+  }
+
+  async startNbdServer(config: NbdServerConfig): Promise<SocketAddress> {
+    if (this.server) throw new BlockError('EBUSY', 'NBD server already running');
+    const server = new NbdServer({ ...config.limits, maxConnections: config.maxConnections ?? 0 });
+    const bound = await server.listen(config.addr);
+    this.server = server;
+    return bound;
+  }
+
+  /** nbd-server-stop: ends every connection, removes every NBD export, stops listening. */
+  async stopNbdServer(): Promise<void> {
+    const server = this.server;
+    if (!server) throw new BlockError('ENOENT', 'NBD server not running');
+    this.server = null;
+    await server.close();
+    for (const [id, entry] of [...this.exportsById]) {
+      await server.removeExport(entry.name, 'hard').catch(() => undefined);
+      this.exportsById.delete(id);
+      this.emit({ event: 'BLOCK_EXPORT_DELETED', data: { id } });
+    }
+  }
+
+  // ------------------------------------------------------------------ exports
+
+  addExport(config: ExportConfig): ExportInfo {
+    const server = this.server;
+    if (!server) throw new BlockError('EINVAL', 'NBD server not running');
+    if (this.exportsById.has(config.id)) throw new BlockError('EEXIST', `Block export id '${config.id}' is already in use`);
+    const node = typeof config.node === 'string' ? this.graph.get(config.node) : config.node;
+    const name = config.name ?? node.nodeName;
+    if (server.getExport(name)) throw new BlockError('EEXIST', `NBD server already has export named '${name}'`);
+    const writable = config.writable ?? false;
+    if (writable && node.readOnly) throw new BlockError('EROFS', `Cannot export read-only node '${node.nodeName}' as writable`);
+    server.addExport({
+      name,
+      node,
+      writable,
+      description: config.description ?? '',
+      writethrough: config.writethrough ?? false,
+      allocationDepth: config.allocationDepth ?? false,
+    });
+    this.exportsById.set(config.id, { name, removing: false });
+    return this.findExport(config.id)!;
+  }
+
+  /**
+   * block-export-del. 'safe' fails while clients are connected; 'hard'
+   * disconnects them first. The node stays in the graph.
+   */
+  async removeExport(id: string, mode: RemoveMode = 'safe'): Promise<void> {
+    const entry = this.exportsById.get(id);
+    if (!entry || !this.server) throw new BlockError('ENOENT', `Export '${id}' is not found`);
+    if (entry.removing) throw new BlockError('EBUSY', `Export '${id}' is already shutting down`);
+    if (mode === 'safe' && (this.server.getExport(entry.name)?.stats.connections ?? 0) > 0) {
+      // QEMU's words, naming the export id.
+      throw new BlockError('EBUSY', `export '${id}' still in use`);
+    }
+    entry.removing = true;
+    try {
+      await this.server.removeExport(entry.name, mode);
+    } catch (err) {
+      entry.removing = false;
+      throw err;
+    }
+    this.exportsById.delete(id);
+    this.emit({ event: 'BLOCK_EXPORT_DELETED', data: { id } });
+  }
+
+  /** Newest first, as QEMU's query-block-exports lists them. */
+  listExports(): ExportInfo[] {
+    return [...this.exportsById.keys()].reverse().map((id) => this.findExport(id)!).filter(Boolean);
+  }
+
+  /** Whether some export is served under this NBD name. */
+  hasExportName(name: string): boolean {
+    return this.server?.getExport(name) !== undefined;
+  }
+
+  findExport(id: string): ExportInfo | undefined {
+    const entry = this.exportsById.get(id);
+    const exp = entry && this.server?.getExport(entry.name);
+    if (!entry || !exp) return undefined;
+    return {
+      id,
+      type: 'nbd',
+      nodeName: exp.node.nodeName,
+      name: exp.name,
+      writable: exp.writable,
+      description: exp.description,
+      shuttingDown: entry.removing,
+      stats: { ...exp.stats },
+    };
+  }
+
+  listConnections(): ConnectionInfo[] {
+    return this.server?.connectionList() ?? [];
+  }
+
+  /** Where the NBD server listens, for logs and status. */
+  nbdAddress(): string | null {
+    const addr = this.server?.address;
+    return addr ? describe(addr) : null;
+  }
+
+  // ----------------------------------------------------------------- shutdown
+
+  /**
+   * Stops serving and closes every image cleanly: connections finish the
+   * requests they started, then every node is flushed and closed. Safe to
+   * call more than once (later calls wait for the first).
+   */
+  shutdown(reason = 'host-signal'): Promise<void> {
+    this.shuttingDown ??= this.doShutdown(reason);
+    return this.shuttingDown;
+  }
+
+  private async doShutdown(reason: string): Promise<void> {
+    this.log.info('daemon.shutdown', { reason });
+    if (this.server) await this.stopNbdServer();
+    await this.graph.closeAll();
+  }
+
+  private emit(e: DaemonEvent): void {
+    for (const l of this.listeners) {
+      try {
+        l(e);
+      } catch (err) {
+        this.log.error('daemon.event-listener-failed', { event: e.event, error: err });
+      }
+    }
+  }
+}
