@@ -97,6 +97,7 @@ export class NbdConnection {
   /** The reply whose header was read and whose data has not fully arrived. */
   private current: { p: Pending; error: number } | null = null;
   private slotWaiters: Array<() => void> = [];
+  private closing: Promise<void> | null = null;
 
   private constructor(private readonly socket: net.Socket, readonly size: number, readonly flags: number) {}
 
@@ -218,16 +219,18 @@ export class NbdConnection {
     await this.request(CMD_FLUSH, 0, 0, null, 0);
   }
 
-  /** Sends NBD_CMD_DISC after the requests in flight and closes. */
-  async close(): Promise<void> {
-    if (this.failure) {
+  /** Sends NBD_CMD_DISC after the requests in flight and closes; later calls return the same promise. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (!this.failure) {
+        while (this.pending.size > 0) await this.slot(1);
+        const closed = new Promise<void>((resolve) => this.socket.once('close', () => resolve()));
+        this.socket.end(this.header(CMD_DISC, this.nextCookie++, 0, 0));
+        await closed;
+      }
       this.socket.destroy();
-      return;
-    }
-    while (this.pending.size > 0) await this.slot(1);
-    const closed = new Promise<void>((resolve) => this.socket.once('close', () => resolve()));
-    this.socket.end(this.header(CMD_DISC, this.nextCookie++, 0, 0));
-    await closed;
+    })();
+    return this.closing;
   }
 
   private slot(max = MAX_IN_FLIGHT): Promise<void> {

@@ -219,19 +219,20 @@ export async function runFailover(sys: System, round: number, ctx: RunContext): 
   const D = bufferedBytes(ctx.size);
   const rec: RunRecord = { system: sys.id, workload: 'failover', round, rep: 0, metrics: {}, checks: [], buffered: { hidden: D, active: D } };
   const model = readImage(ctx.baseImage, ctx.size);
+  const disks = sys.disks();
   const pvm = await NbdConnection.connect(sys.pvmUri());
-  await pvm.writePattern(0, D, 0x21);
-  model.fill(0x21, 0, D);
-  await sys.checkpoint();
-  const svm = await NbdConnection.connect(sys.svmUri());
+  let svm: NbdConnection | null = null;
   try {
+    await pvm.writePattern(0, D, 0x21);
+    model.fill(0x21, 0, D);
+    await sys.checkpoint();
+    svm = await NbdConnection.connect(sys.svmUri());
     await svm.writePattern(D, D, 0x31);
     model.fill(0x31, D, 2 * D);
     await pvm.writePattern(2 * D, D, 0x41);
     await pvm.flush();
     await pvm.close();
     await sys.checkHealth();
-    const disks = sys.disks();
     expectImagesIdentical(disks.primary, disks.secondary!, ctx.commandLog, `${sys.id} failover round ${round}, before the failover`);
     rec.checks.push('primary == secondary before the failover');
 
@@ -240,6 +241,8 @@ export async function runFailover(sys: System, round: number, ctx: RunContext): 
     const lateWrite = Buffer.alloc(4096, 0x51);
     const lateAt = 2 * D + D / 2;
     const t = await sys.failover();
+    // Awaited below; until then a failure must not count as unhandled.
+    t.done.catch(() => undefined);
     await svm.write(lateAt, lateWrite);
     const firstWriteMs = performance.now() - t.t0;
     lateWrite.copy(model, lateAt);
@@ -250,7 +253,8 @@ export async function runFailover(sys: System, round: number, ctx: RunContext): 
     expectFileEquals(disks.secondary!, model, `${sys.id} failover round ${round}`);
     rec.checks.push('secondary disk == model (checkpoint + view writes; primary writes since the checkpoint rolled back)');
   } finally {
-    await svm.close().catch(() => undefined);
+    await pvm.close().catch(() => undefined);
+    await svm?.close().catch(() => undefined);
   }
   return rec;
 }

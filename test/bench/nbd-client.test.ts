@@ -41,6 +41,8 @@ test('the harness NBD client writes, reads and flushes through qemu-nbd byte-exa
   await assert.rejects(c.write(size - 10, Buffer.alloc(20)), /errno/);
   assert.ok((await c.read(0, 4096)).equals(Buffer.alloc(4096)));
   await c.close();
+  await c.close();
+  await assert.rejects(c.flush(), /closed/);
 
   await assert.rejects(NbdConnection.connect(`nbd://127.0.0.1:${port}/nope`), /export 'nope' refused/);
 });
