@@ -7,19 +7,32 @@
  */
 import { spawnSync } from 'node:child_process';
 import { availableParallelism, cpus, release } from 'node:os';
-import { formatRows, runQcow2Bench, type BenchRow } from './qcow2.js';
+import { runNbdClientBench } from './nbd-client.js';
+import { runNbdBench } from './nbd.js';
+import { formatRows, runQcow2Bench } from './qcow2.js';
 
 interface Section {
   name: string;
   title: string;
-  run(quick: boolean): Promise<BenchRow[]>;
+  /** Runs the section; sections print their own tables through `out`. */
+  run(quick: boolean, out: (line: string) => void): Promise<void>;
 }
 
 const sections: Section[] = [
   {
     name: 'qcow2',
     title: 'qcow2 driver vs qemu-img bench',
-    run: (quick) => runQcow2Bench(quick ? { smallCount: 5000, largeCount: 300 } : {}),
+    run: async (quick, out) => out(formatRows(await runQcow2Bench(quick ? { smallCount: 5000, largeCount: 300 } : {}))),
+  },
+  {
+    name: 'nbd',
+    title: 'NBD server: fio nbd engine against colo-blk vs qemu-nbd, same image',
+    run: async (quick, out) => { await runNbdBench({ ...(quick ? { runtime: 2, reps: 1 } : {}), out }); },
+  },
+  {
+    name: 'nbd-client',
+    title: "NBD client: colo-blk's nbd driver vs QEMU's client, both against qemu-nbd",
+    run: async (quick, out) => { await runNbdClientBench({ ...(quick ? { scale: 0.1, reps: 1 } : {}), out }); },
   },
 ];
 
@@ -31,8 +44,7 @@ async function main(): Promise<void> {
   process.stdout.write(`colo-blk benchmarks: node ${process.version}, ${cpus()[0]?.model ?? 'unknown CPU'} x${availableParallelism()}, kernel ${release()}, UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE}\n`);
   for (const s of chosen) {
     process.stdout.write(`\n== ${s.title} ==\n`);
-    const rows = await s.run(quick);
-    process.stdout.write(`${formatRows(rows)}\n`);
+    await s.run(quick, (line) => process.stdout.write(`${line}\n`));
   }
 }
 
