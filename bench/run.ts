@@ -10,6 +10,7 @@ import { availableParallelism, cpus, release } from 'node:os';
 import { runNbdClientBench } from './nbd-client.js';
 import { runNbdBench } from './nbd.js';
 import { formatRows, runQcow2Bench } from './qcow2.js';
+import { benchReplication, formatReplicationRows } from './replication.js';
 
 interface Section {
   name: string;
@@ -33,6 +34,11 @@ const sections: Section[] = [
     name: 'nbd-client',
     title: "NBD client: colo-blk's nbd driver vs QEMU's client, both against qemu-nbd",
     run: async (quick, out) => { await runNbdClientBench({ ...(quick ? { scale: 0.1, reps: 1 } : {}), out }); },
+  },
+  {
+    name: 'replication',
+    title: 'replication: copy-before-write vs qemu-img bench, checkpoints vs a QEMU 7.2 secondary',
+    run: async (quick, out) => out(formatReplicationRows(await benchReplication({ quick }))),
   },
 ];
 

@@ -18,6 +18,12 @@ export interface OpenContext {
    * the option is absent and null when it is explicitly null.
    */
   openChild(key: string, opts?: { readOnly?: boolean }): Promise<BlockNode | null | undefined>;
+  /**
+   * Opens a child from a value the driver took itself (an element of a list
+   * such as quorum's `children`): a dictionary or a node name. `key` names it
+   * in error messages.
+   */
+  openChildValue(value: OptionValue, key: string, opts?: { readOnly?: boolean }): Promise<BlockNode>;
   /** Opens an image by file name (a backing file named in an image header). */
   openImage(filename: string, format: string | undefined, readOnly: boolean): Promise<BlockNode>;
 }
@@ -202,6 +208,7 @@ export class BlockGraph {
         if (v === null) return null;
         return this.resolveChild(v, key, o?.readOnly ?? readOnly, created);
       },
+      openChildValue: (v, key, o) => this.resolveChild(v, key, o?.readOnly ?? readOnly, created),
       openImage: async (filename, format, ro) => {
         const child = await this.openInner(
           { driver: format ?? 'raw', file: { driver: 'file', filename }, 'read-only': ro },
