@@ -23,6 +23,16 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./io.js')).ioMain(rest);
     case 'img':
       return (await import('./img.js')).imgMain(rest);
+    case 'secondary':
+      return (await import('./secondary.js')).secondaryMain(rest);
+    case 'primary':
+      return (await import('./primary.js')).primaryMain(rest);
+    case 'demo':
+      return (await import('./demo.js')).demoMain(rest);
+    case 'checkpoint':
+    case 'failover':
+    case 'status':
+      return (await import('./colo.js')).coloMain(command, rest);
     case 'daemon':
       return (await import('./daemon.js')).daemonMain(rest);
     case 'qmp':

@@ -8,6 +8,7 @@ import { BlockError, strerror } from '../block/errors.js';
 import type { BlockGraph } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
 import { parseOptionArg, type OptionDict } from '../block/options.js';
+import { parseNbdUri } from '../nbd/address.js';
 
 export interface ImageSpec {
   filename: string;
@@ -37,24 +38,15 @@ export async function probeFormat(filename: string): Promise<string> {
   }
 }
 
-/** Turns `nbd://host:port/export` or `nbd+unix:///export?socket=path` into nbd driver options. */
+/** nbd driver options for an `nbd://` or `nbd+unix://` URI, or null for anything else. */
 export function nbdUriOptions(uri: string): OptionDict | null {
-  const tcp = /^nbd:\/\/([^/:]+|\[[^\]]+\])(?::(\d+))?(?:\/(.*))?$/.exec(uri);
-  if (tcp) {
-    const dict: OptionDict = {
-      driver: 'nbd',
-      server: { type: 'inet', host: tcp[1]!.replace(/^\[|\]$/g, ''), port: tcp[2] ?? '10809' },
-    };
-    if (tcp[3]) dict.export = decodeURIComponent(tcp[3]);
-    return dict;
-  }
-  const unix = /^nbd\+unix:\/\/\/([^?]*)\?socket=(.+)$/.exec(uri);
-  if (unix) {
-    const dict: OptionDict = { driver: 'nbd', server: { type: 'unix', path: decodeURIComponent(unix[2]!) } };
-    if (unix[1]) dict.export = decodeURIComponent(unix[1]);
-    return dict;
-  }
-  return null;
+  const parsed = parseNbdUri(uri);
+  if (!parsed) return null;
+  const { address, exportName } = parsed;
+  const server: OptionDict = address.type === 'unix'
+    ? { type: 'unix', path: address.path }
+    : { type: 'inet', host: address.host, port: String(address.port) };
+  return exportName === '' ? { driver: 'nbd', server } : { driver: 'nbd', server, export: exportName };
 }
 
 /** The blockdev options for an image spec (before opening it). */

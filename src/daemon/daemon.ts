@@ -60,6 +60,8 @@ export class Daemon {
   private readonly exportsById = new Map<string, { name: string; removing: boolean }>();
   private readonly listeners = new Set<(e: DaemonEvent) => void>();
   private shuttingDown: Promise<void> | null = null;
+  /** Nodes held by `pause`, or null while running. */
+  private paused: BlockNode[] | null = null;
   private readonly log: Logger;
 
   constructor(options: { graph?: BlockGraph; logger?: Logger } = {}) {
@@ -204,8 +206,46 @@ export class Daemon {
     return this.shuttingDown;
   }
 
+  // ------------------------------------------------------------ run state
+
+  /** False between `pause` and `resume` (QMP `stop` / `cont`). */
+  get running(): boolean {
+    return this.paused === null;
+  }
+
+  /**
+   * Holds new requests on every exported node and waits for those in
+   * flight, so that no write straddles a checkpoint.
+   */
+  async pause(): Promise<void> {
+    if (this.paused) return;
+    const nodes = new Set<BlockNode>();
+    for (const id of this.exportsById.keys()) {
+      const node = this.findExportNode(id);
+      if (node) nodes.add(node);
+    }
+    this.paused = [...nodes];
+    await Promise.all(this.paused.map((n) => n.quiesce()));
+    this.log.info('daemon.paused', { nodes: this.paused.map((n) => n.nodeName) });
+  }
+
+  resume(): void {
+    const nodes = this.paused;
+    if (!nodes) return;
+    this.paused = null;
+    for (const n of nodes) n.resume();
+    this.log.info('daemon.resumed');
+  }
+
+  private findExportNode(id: string): BlockNode | undefined {
+    const entry = this.exportsById.get(id);
+    return entry ? this.server?.getExport(entry.name)?.node : undefined;
+  }
+
   private async doShutdown(reason: string): Promise<void> {
     this.log.info('daemon.shutdown', { reason });
+    // Requests held by a pause would otherwise keep the server from closing.
+    this.resume();
     if (this.server) await this.stopNbdServer();
     await this.graph.closeAll();
   }

@@ -99,6 +99,8 @@ export class MonitorExtension implements DaemonExtension {
         ...this.extraDeps(daemon, events),
         graph: daemon.graph,
         exports,
+        runState: daemon,
+        events,
         onQuit: () => host.quit('host-qmp-quit'),
       });
       this.events = events;

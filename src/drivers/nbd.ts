@@ -259,7 +259,7 @@ export const nbdDriver: DriverDefinition = {
     const reconnectDelay = o.optInt('reconnect-delay', 0, 3600) ?? 0;
     const openTimeout = o.optInt('open-timeout', 0, 3600) ?? 0;
     const maxInFlight = o.optInt('max-in-flight', 1, 1024) ?? 16;
-    const log = rootLogger.child({ component: 'nbd-client', node: ctx.nodeName ?? null, server: describe(address), export: exportName });
+    const log = rootLogger.child({ component: 'nbd-client', ...(ctx.nodeName ? { node: ctx.nodeName } : {}), server: describe(address), export: exportName });
     const conn = await ReconnectingClient.open({
       address,
       client: { exportName, maxInFlight, logger: log },
