@@ -183,7 +183,7 @@ export class ColoPair implements System {
    */
   async failover(): Promise<FailoverTiming> {
     const qmp = this.sec().monitor;
-    type Outcome = { ms: number } | { error: string };
+    type Outcome = { ms: number; via: string } | { error: string };
     let result: Outcome | null = null;
     let resolveOutcome: (r: Outcome) => void = () => undefined;
     const outcome = new Promise<Outcome>((resolve) => { resolveOutcome = resolve; });
@@ -197,7 +197,7 @@ export class ColoPair implements System {
       if (ev.event !== 'COLO_BLK_REPLICATION_STAGE') return;
       const data = ev.data as { stage?: string; mode?: string };
       if (data.mode !== 'secondary') return;
-      if (data.stage === 'done') settle({ ms: performance.now() - t0 });
+      if (data.stage === 'done') settle({ ms: performance.now() - t0, via: 'event' });
       else if (data.stage === 'failover-failed') settle({ error: 'the failover commit failed (stage failover-failed)' });
     });
     t0 = performance.now();
@@ -214,7 +214,7 @@ export class ColoPair implements System {
         if (result) return;
         const st = await qmp.quiet<ReplicationStatus[]>('x-colo-blk-query-replication').catch(() => null);
         const sec = st?.find((n) => n.mode === 'secondary');
-        if (sec?.stage === 'done') settle({ ms: performance.now() - t0 });
+        if (sec?.stage === 'done') settle({ ms: performance.now() - t0, via: 'query poll (50 ms)' });
         else if (sec?.stage === 'failover-failed') settle({ error: `the failover commit failed: ${sec.commit?.error ?? describeErrors(st!) ?? ''}` });
         else if (performance.now() - t0 > 300_000) settle({ error: 'the failover commit did not finish in 300 s' });
       }
@@ -222,7 +222,7 @@ export class ColoPair implements System {
     const done = outcome.then((r) => {
       unsubscribe();
       if ('error' in r) throw new Error(`${this.id}: ${r.error}`);
-      return r.ms;
+      return r;
     });
     return { t0, commandMs, done };
   }

@@ -230,10 +230,10 @@ export class QemuPair extends QemuSystem {
     const t0 = performance.now();
     await qmp.run('xen-set-replication', { enable: false, primary: false, failover: true });
     const commandMs = performance.now() - t0;
-    const done = (async (): Promise<number> => {
+    const done = (async (): Promise<{ ms: number; via: string }> => {
       for (;;) {
         const nodes = await qmp.quiet<Array<{ drv: string }>>('query-named-block-nodes', { flat: true });
-        if (!nodes.some((n) => n.drv === 'mirror_top' || n.drv === 'commit_top')) return performance.now() - t0;
+        if (!nodes.some((n) => n.drv === 'mirror_top' || n.drv === 'commit_top')) return { ms: performance.now() - t0, via: 'graph poll (1 ms)' };
         if (performance.now() - t0 > 300_000) throw new Error(`${this.id}: the failover commit did not finish in 300 s`);
         await new Promise((resolve) => setTimeout(resolve, 1));
       }

@@ -173,7 +173,7 @@ export function summaryLine(r: RunRecord): string {
   if (m.iops !== undefined && r.workload !== 'seq1m') parts.push(`${m.iops.toFixed(0)} IOPS, p50 ${m.clatP50Us?.toFixed(0)} us`);
   else if (m.mibps !== undefined) parts.push(`${m.mibps.toFixed(1)} MiB/s`);
   if (m.secondaryMs !== undefined) parts.push(`checkpoint secondary ${m.secondaryMs.toFixed(2)} ms, primary ${m.primaryMs?.toFixed(2)} ms`);
-  if (m.commitMs !== undefined) parts.push(`command ${m.commandMs?.toFixed(1)} ms, first write ${m.firstWriteMs?.toFixed(1)} ms, commit done ${m.commitMs.toFixed(1)} ms`);
+  if (m.commitMs !== undefined) parts.push(`command ${m.commandMs?.toFixed(1)} ms, first write ${m.firstWriteMs?.toFixed(1)} ms, commit done ${m.commitMs.toFixed(1)} ms (${r.commitSeenBy})`);
   if (r.serverCpuS !== undefined) parts.push(`server CPU ${r.serverCpuS.toFixed(2)} s`);
   if (r.peakRss && Object.keys(r.peakRss).length) {
     parts.push(`peak RSS ${Object.entries(r.peakRss).map(([k, v]) => `${k} ${(v / MiB).toFixed(0)}`).join('/')} MiB`);

@@ -29,8 +29,8 @@ export interface FailoverTiming {
   t0: number;
   /** Round trip of the failover command. */
   commandMs: number;
-  /** Resolves with the milliseconds from t0 to the end of the commit. */
-  done: Promise<number>;
+  /** Resolves with the milliseconds from t0 to the end of the commit, and how the end was seen. */
+  done: Promise<{ ms: number; via: string }>;
 }
 
 export interface System {

@@ -36,6 +36,8 @@ export interface RunRecord {
   /** Bytes buffered in hidden and in active (checkpoint and failover runs). */
   buffered?: { hidden: number; active: number };
   fioOutput?: string;
+  /** Failover: how the end of the commit was observed. */
+  commitSeenBy?: string;
   /** The data checks this run passed. */
   checks: string[];
 }
@@ -246,9 +248,10 @@ export async function runFailover(sys: System, round: number, ctx: RunContext): 
     await svm.write(lateAt, lateWrite);
     const firstWriteMs = performance.now() - t.t0;
     lateWrite.copy(model, lateAt);
-    const commitMs = await t.done;
+    const commit = await t.done;
     meter.finish(rec);
-    rec.metrics = { commandMs: t.commandMs, commitMs, firstWriteMs };
+    rec.metrics = { commandMs: t.commandMs, commitMs: commit.ms, firstWriteMs };
+    rec.commitSeenBy = commit.via;
     await svm.flush();
     expectFileEquals(disks.secondary!, model, `${sys.id} failover round ${round}`);
     rec.checks.push('secondary disk == model (checkpoint + view writes; primary writes since the checkpoint rolled back)');
