@@ -139,6 +139,9 @@ async function main(argv: string[]): Promise<number> {
   lines.push('');
   for (const [id, why] of Object.entries(outcome.skipped)) lines.push(`SKIPPED ${id}: ${why}`);
   for (const [id, why] of Object.entries(outcome.failed)) lines.push(`FAILED ${id}: ${why}`);
+  for (const [id, what] of Object.entries(outcome.restarts)) {
+    lines.push(`RESTARTED ${id} (stopped from outside the harness; the run was retried on a fresh instance): ${(what ?? []).join('; ')}`);
+  }
   if (foreign.length) {
     lines.push(`Noise: other processes on the machine used ${median(foreign).toFixed(1)} CPU-s per run (median; max ${Math.max(...foreign).toFixed(1)}).`);
   }
@@ -148,8 +151,15 @@ async function main(argv: string[]): Promise<number> {
   lines.push('');
   lines.push('Command lines (URI: each system\'s export; OUT.json: bench/results/<stamp>/fio/<system>-<workload>-r<round>.json):');
   for (const [w, c] of Object.entries(fioCommands)) lines.push(`  ${w}: ${c}`);
+  const recipes = new Map<string, string>();
   for (const [id, cmds] of Object.entries(outcome.commands)) {
-    for (const c of cmds ?? []) lines.push(`  ${id}: ${c}`);
+    const own = (cmds ?? []).filter((c) => !c.startsWith('  '));
+    const qmp = (cmds ?? []).filter((c) => c.startsWith('  '));
+    for (const c of own) lines.push(`  ${id}: ${c}`);
+    const key = qmp.join('\n');
+    if (qmp.length && recipes.has(key)) lines.push(`  ${id}:   the same ${qmp.length} QMP commands as ${recipes.get(key)}`);
+    else for (const c of qmp) lines.push(`  ${id}: ${c}`);
+    if (qmp.length) recipes.set(key, recipes.get(key) ?? id);
   }
   lines.push('  checkpoint: {"execute":"xen-colo-do-checkpoint"} on the secondary (timed), then on the primary');
   lines.push('  failover: primary SIGKILLed; nbd-server-remove {"name":"parent0","mode":"hard"}; then timed from');
@@ -160,7 +170,7 @@ async function main(argv: string[]): Promise<number> {
   writeFileSync(join(outDir, 'summary.txt'), `${text}\n`);
   writeFileSync(join(outDir, 'results.json'), `${JSON.stringify({
     started, elapsed_s: Math.round((Date.now() - t0) / 1000), config: cfg, versions, fio_commands: fioCommands,
-    commands: outcome.commands, skipped: outcome.skipped, failed: outcome.failed, rows, records: outcome.records,
+    commands: outcome.commands, skipped: outcome.skipped, failed: outcome.failed, restarts: outcome.restarts, rows, records: outcome.records,
   }, null, 1)}\n`);
   progress(`results written to ${outDir}`);
   return Object.keys(outcome.failed).length ? 1 : 0;

@@ -19,8 +19,8 @@ import { waitForNbd } from './nbd-client.js';
 import type { ManagedProcess } from './processes.js';
 import { TracedQmp } from './qmp.js';
 import {
-  HOST, NotReplicatedError, freePort,
-  type CheckpointTiming, type FailoverTiming, type Group, type System, type SystemContext, type SystemProcess,
+  HOST, NotReplicatedError, freePort, unexpectedExits,
+  type CheckpointTiming, type FailoverTiming, type Group, type System, type SystemContext, type SystemProcess, type UnexpectedExit,
 } from './system.js';
 
 /** This build's CLI, or another build's (`COLO_BLK_CLI=/path/to/dist/src/cli/main.js`, to compare builds). */
@@ -234,6 +234,10 @@ export class ColoPair implements System {
     return out;
   }
 
+  unexpectedExits(): UnexpectedExit[] {
+    return unexpectedExits([['primary', this.primary?.proc], ['secondary', this.secondary?.proc]]);
+  }
+
   async checkHealth(): Promise<void> {
     for (const [who, p] of [['primary', this.primary], ['secondary', this.secondary]] as const) {
       if (!p || p.proc.exited) throw new Error(`${this.id}: the ${who} is not running: ${p?.proc.tail() ?? 'never started'}`);
@@ -339,6 +343,10 @@ export class ColoDaemon implements System {
 
   pids(): SystemProcess[] {
     return this.proc && !this.proc.proc.exited ? [{ role: this.group === 'alone' ? 'primary' : 'server', pid: this.proc.proc.pid }] : [];
+  }
+
+  unexpectedExits(): UnexpectedExit[] {
+    return unexpectedExits([[this.group === 'alone' ? 'primary' : 'server', this.proc?.proc]]);
   }
 
   async checkHealth(): Promise<void> {

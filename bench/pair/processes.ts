@@ -29,6 +29,7 @@ const TAIL_BYTES = 4096;
 
 export class ManagedProcess {
   private status: ExitStatus | null = null;
+  private expected = false;
   private readonly exitPromise: Promise<ExitStatus>;
   private tailText = '';
   private readonly log: WriteStream;
@@ -107,8 +108,19 @@ export class ManagedProcess {
     }
   }
 
+  /** The harness is about to make it exit (QMP quit, a signal): its exit is not a surprise. */
+  expectExit(): void {
+    this.expected = true;
+  }
+
+  /** How it exited, if it did without the harness asking it to. */
+  get unexpectedExit(): ExitStatus | null {
+    return this.status && !this.expected ? this.status : null;
+  }
+
   /** Signals its process group (the child leads one), by id. */
   signal(sig: NodeJS.Signals): void {
+    this.expected = true;
     if (this.status || this.child.pid === undefined) return;
     try {
       process.kill(-this.child.pid, sig);
@@ -171,6 +183,19 @@ export class ProcessManager {
   get running(): number {
     return this.live.size;
   }
+}
+
+/**
+ * An exit that says "told to stop" (status 0, or SIGTERM/SIGINT/SIGHUP)
+ * rather than "crashed" (another status or signal): on this shared machine
+ * other people's cleanup sometimes stops servers that are not theirs.
+ */
+export function isOutsideStop(st: ExitStatus): boolean {
+  return st.signal === null ? st.code === 0 : ['SIGTERM', 'SIGINT', 'SIGHUP'].includes(st.signal);
+}
+
+export function describeExit(st: ExitStatus): string {
+  return st.signal ? `killed by ${st.signal}` : `exited with status ${st.code}`;
 }
 
 export function hasCommand(name: string): boolean {

@@ -8,8 +8,8 @@ import { copyImage } from './images.js';
 import { waitForNbd } from './nbd-client.js';
 import type { ManagedProcess } from './processes.js';
 import {
-  HOST, NotReplicatedError, TUNED_MALLOC_ENV, freePort,
-  type CheckpointTiming, type FailoverTiming, type System, type SystemContext, type SystemProcess, type Variant,
+  HOST, NotReplicatedError, TUNED_MALLOC_ENV, freePort, unexpectedExits,
+  type CheckpointTiming, type FailoverTiming, type System, type SystemContext, type SystemProcess, type UnexpectedExit, type Variant,
 } from './system.js';
 
 export class QemuNbd implements System {
@@ -74,6 +74,10 @@ export class QemuNbd implements System {
 
   pids(): SystemProcess[] {
     return this.proc && !this.proc.exited ? [{ role: 'server', pid: this.proc.pid }] : [];
+  }
+
+  unexpectedExits(): UnexpectedExit[] {
+    return unexpectedExits([['server', this.proc]]);
   }
 
   async checkHealth(): Promise<void> {

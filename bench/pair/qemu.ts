@@ -12,23 +12,38 @@ import { copyImage, createColoOverlays } from './images.js';
 import type { ManagedProcess } from './processes.js';
 import { TracedQmp } from './qmp.js';
 import {
-  HOST, NotReplicatedError, TUNED_MALLOC_ENV, freePort,
-  type CheckpointTiming, type FailoverTiming, type Group, type System, type SystemContext, type SystemProcess, type Variant,
+  HOST, NotReplicatedError, TUNED_MALLOC_ENV, freePort, unexpectedExits,
+  type CheckpointTiming, type FailoverTiming, type Group, type System, type SystemContext, type SystemProcess, type UnexpectedExit, type Variant,
 } from './system.js';
 
 const QEMU = 'qemu-system-x86_64';
 
 /** One QEMU process with its QMP monitor. */
 class QemuProcess {
+  private recipe: { all: string[]; lines: string[]; who: string } | null = null;
+
   private constructor(readonly proc: ManagedProcess, readonly qmp: TracedQmp) {}
 
-  static async start(ctx: SystemContext, who: string, env: Record<string, string> | undefined): Promise<QemuProcess> {
+  /** Stops recording QMP commands; the recipe so far goes to the system's description. */
+  endRecipe(): void {
+    if (!this.recipe) return;
+    this.qmp.recording = null;
+    for (const l of this.recipe.lines) this.recipe.all.push(`  ${this.recipe.who} QMP: ${l}`);
+    this.recipe = null;
+  }
+
+  static async start(ctx: SystemContext, who: string, env: Record<string, string> | undefined, recipe: string[]): Promise<QemuProcess> {
     const sock = join(ctx.dir, `${who}.qmp`);
     const args = ['-name', who, '-M', 'none', '-nodefaults', '-display', 'none', '-qmp', `unix:${sock},server=on,wait=off`];
     const proc = ctx.pm.spawn(`${ctx.dir.split('/').pop()}-${who}`, QEMU, args, { env });
     try {
       const qmp = await TracedQmp.connect(`${ctx.dir.split('/').pop()}/${who}`, sock, ctx.qmpTrace);
-      return new QemuProcess(proc, qmp);
+      recipe.push(proc.commandLine);
+      const lines: string[] = [];
+      qmp.recording = lines;
+      const p = new QemuProcess(proc, qmp);
+      p.recipe = { all: recipe, lines, who };
+      return p;
     } catch (err) {
       await ctx.pm.stop(proc, { signal: 'SIGKILL' });
       throw new Error(`${who} QEMU did not start: ${(err as Error).message}; output: ${proc.tail()}`);
@@ -49,6 +64,7 @@ class QemuProcess {
   }
 
   async quit(ctx: SystemContext): Promise<void> {
+    this.proc.expectExit();
     if (!this.proc.exited) {
       await this.qmp.run('quit').catch(() => undefined);
       await this.proc.waitExit(5000).catch(() => ctx.pm.stop(this.proc, { graceMs: 2000 }));
@@ -101,6 +117,8 @@ abstract class QemuSystem implements System {
   readonly variant: Variant;
   protected primary: QemuProcess | null = null;
   protected primaryPort = 0;
+  /** Command lines and the QMP commands of the set-up, in order. */
+  protected readonly recipe: string[] = [];
 
   constructor(readonly id: SystemId, protected readonly ctx: SystemContext, tuned: boolean) {
     this.variant = tuned ? 'tuned' : 'stock';
@@ -137,6 +155,10 @@ abstract class QemuSystem implements System {
     return this.primary && !this.primary.proc.exited ? [{ role: 'primary', pid: this.primary.proc.pid }] : [];
   }
 
+  unexpectedExits(): UnexpectedExit[] {
+    return unexpectedExits([['primary', this.primary?.proc]]);
+  }
+
   async checkHealth(): Promise<void> {
     if (!this.primary || this.primary.proc.exited) throw new Error(`${this.id}: the primary QEMU is not running (${this.primary?.proc.tail() ?? 'never started'})`);
   }
@@ -146,10 +168,7 @@ abstract class QemuSystem implements System {
   }
 
   describe(): string[] {
-    return [
-      `${this.env ? 'GLIBC_TUNABLES=... ' : ''}${QEMU} -name {primary|secondary} -M none -nodefaults -display none -qmp unix:DIR/{name}.qmp,server=on,wait=off`,
-      'QMP recipe: REPORT.md §2 of the anchor (see qmp-trace.jsonl for every command sent)',
-    ];
+    return this.recipe.map((l) => l.replaceAll(this.ctx.dir, 'DIR').replace(/"port":"\d+"/g, '"port":"PORT"'));
   }
 }
 
@@ -160,9 +179,10 @@ export class QemuAlone extends QemuSystem {
 
   async start(): Promise<void> {
     copyImage(this.ctx.baseImage, join(this.ctx.dir, 'primary.raw'));
-    this.primary = await QemuProcess.start(this.ctx, 'primary', this.env);
+    this.primary = await QemuProcess.start(this.ctx, 'primary', this.env, this.recipe);
     this.primaryPort = await this.primary.startNbdServer();
     await buildQemuPrimary(this.primary.qmp, this.ctx.dir);
+    this.primary.endRecipe();
   }
 
   async stop(): Promise<void> {
@@ -182,17 +202,21 @@ export class QemuPair extends QemuSystem {
     copyImage(this.ctx.baseImage, join(d, 'primary.raw'));
     copyImage(this.ctx.baseImage, join(d, 'secondary.raw'));
     createColoOverlays(join(d, 'secondary.raw'), join(d, 'hidden.qcow2'), join(d, 'active.qcow2'), this.ctx.size, this.ctx.commandLog);
-    this.secondary = await QemuProcess.start(this.ctx, 'secondary', this.env);
+    this.secondary = await QemuProcess.start(this.ctx, 'secondary', this.env, this.recipe);
     await buildQemuSecondary(this.secondary.qmp, d);
     this.secondaryPort = await this.secondary.startNbdServer();
     await exportSecondary(this.secondary.qmp);
-    this.primary = await QemuProcess.start(this.ctx, 'primary', this.env);
+    this.secondary.endRecipe();
+    this.primary = await QemuProcess.start(this.ctx, 'primary', this.env, this.recipe);
     this.primaryPort = await this.primary.startNbdServer();
     await buildQemuPrimary(this.primary.qmp, d);
     await addReplicationChild(this.primary.qmp, this.secondaryPort);
+    this.primary.endRecipe();
     // Secondary first, then primary (COLO-FT.txt's order).
     await this.secondary.qmp.run('xen-set-replication', { enable: true, primary: false });
     await this.primary.qmp.run('xen-set-replication', { enable: true, primary: true });
+    this.recipe.push('  secondary QMP: {"execute":"xen-set-replication","arguments":{"enable":true,"primary":false}}');
+    this.recipe.push('  primary QMP: {"execute":"xen-set-replication","arguments":{"enable":true,"primary":true}}');
     await this.checkHealth();
   }
 
@@ -239,6 +263,10 @@ export class QemuPair extends QemuSystem {
       }
     })();
     return { t0, commandMs, done };
+  }
+
+  override unexpectedExits(): UnexpectedExit[] {
+    return unexpectedExits([['primary', this.primary?.proc], ['secondary', this.secondary?.proc]]);
   }
 
   override pids(): SystemProcess[] {

@@ -8,6 +8,9 @@ import { performance } from 'node:perf_hooks';
 import { QmpClient } from '../../src/control/qmp-client.js';
 
 export class TracedQmp {
+  /** When set, every traced command is also appended here as QMP JSON (a recipe for the report). */
+  recording: string[] | null = null;
+
   private constructor(readonly who: string, readonly client: QmpClient, private readonly tracePath: string) {}
 
   /** Connects once the process has created its socket (it is polled for up to `waitMs`). */
@@ -45,6 +48,7 @@ export class TracedQmp {
   }
 
   private trace(command: string, args: Record<string, unknown> | undefined, result: unknown, ms: number): void {
+    this.recording?.push(JSON.stringify(args === undefined ? { execute: command } : { execute: command, arguments: args }));
     const line = { who: this.who, t: new Date().toISOString(), ms: Math.round(ms * 1000) / 1000, execute: command, arguments: args, ...(result as object) };
     appendFileSync(this.tracePath, `${JSON.stringify(line)}\n`);
   }

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { ColoDaemon, ColoPair, coloBlkAvailability } from './colo-blk.js';
 import { SYSTEM_INFO, appliesTo, type BenchConfig, type SystemId, type WorkloadId } from './config.js';
 import { DataCheckError } from './images.js';
-import type { ProcessManager } from './processes.js';
+import { describeExit, isOutsideStop, type ProcessManager } from './processes.js';
 import { QemuAlone, QemuPair } from './qemu.js';
 import { QemuNbd } from './qemu-nbd.js';
 import type { System, SystemContext } from './system.js';
@@ -26,7 +26,12 @@ export interface BenchOutcome {
   failed: Partial<Record<SystemId, string>>;
   /** Command lines per system. */
   commands: Partial<Record<SystemId, string[]>>;
+  /** Systems restarted after something outside the harness stopped them, with what happened. */
+  restarts: Partial<Record<SystemId, string[]>>;
 }
+
+/** A long-lived system stopped from outside is restarted at most this often; a crash is never restarted. */
+const MAX_RESTARTS = 3;
 
 export interface RunnerEnv {
   pm: ProcessManager;
@@ -62,7 +67,7 @@ export function rotate<T>(order: readonly T[], round: number): T[] {
 }
 
 export async function runBenchmark(cfg: BenchConfig, env: RunnerEnv): Promise<BenchOutcome> {
-  const outcome: BenchOutcome = { records: [], skipped: {}, failed: {}, commands: {} };
+  const outcome: BenchOutcome = { records: [], skipped: {}, failed: {}, commands: {}, restarts: {} };
   const availability = coloBlkAvailability();
   const selected: SystemId[] = [];
   for (const id of cfg.systems) {
@@ -91,12 +96,38 @@ export async function runBenchmark(cfg: BenchConfig, env: RunnerEnv): Promise<Be
 
   const live = new Map<SystemId, System>();
   const fail = async (id: SystemId, err: unknown): Promise<void> => {
-    const msg = err instanceof Error ? err.message : String(err);
+    const exits = live.get(id)?.unexpectedExits() ?? [];
+    const died = exits.length ? ` (${exits.map((e) => `${e.role} ${describeExit(e.status)}`).join(', ')})` : '';
+    const msg = (err instanceof Error ? err.message : String(err)) + died;
     outcome.failed[id] ??= msg;
     env.progress(`\n!!! ${id} FAILED${err instanceof DataCheckError ? ' ITS DATA CHECK' : ''}: ${msg}\n!!! ${id} is taken out of the rest of the run\n`);
     const sys = live.get(id);
     live.delete(id);
     await sys?.stop().catch(() => undefined);
+  };
+
+  /**
+   * Another engineer's cleanup stopping our qemu-nbd or colo-blk daemon is
+   * not a result: the system is started afresh (and warmed up) and the run
+   * is retried. A crash (another exit status or signal) is a failure.
+   */
+  const restartIfStoppedFromOutside = async (id: SystemId, where: string): Promise<boolean> => {
+    const sys = live.get(id);
+    const exits = sys?.unexpectedExits() ?? [];
+    if (!sys || exits.length === 0 || !exits.every((e) => isOutsideStop(e.status))) return false;
+    const history = outcome.restarts[id] ?? [];
+    if (history.length >= MAX_RESTARTS) return false;
+    const what = `${exits.map((e) => `${e.role} ${describeExit(e.status)}`).join(', ')} before ${where}`;
+    history.push(what);
+    outcome.restarts[id] = history;
+    env.progress(`\n!!! ${id}: ${what}, without the harness asking: stopped from outside; restarting it (${history.length} of ${MAX_RESTARTS})\n`);
+    await sys.stop().catch(() => undefined);
+    rmSync(join(env.workDir, id), { recursive: true, force: true });
+    const fresh = createSystem(id, context(id));
+    live.set(id, fresh);
+    await fresh.start();
+    await warmUp(fresh, cfg.workloads, runCtx);
+    return true;
   };
 
   const needsLongLived = cfg.workloads.some((w) => w !== 'failover');
@@ -123,14 +154,29 @@ export async function runBenchmark(cfg: BenchConfig, env: RunnerEnv): Promise<Be
         const order = rotate(selected.filter((id) => appliesTo(workload, id)), round);
         for (const id of order) {
           if (env.interrupted() || outcome.failed[id]) continue;
-          try {
-            for (const rec of await runOne(id, workload, round + 1)) {
-              outcome.records.push(rec);
-              env.progress(`[round ${round + 1}/${cfg.rounds}] ${summaryLine(rec)}`);
+          for (let attempt = 1; ; attempt++) {
+            try {
+              for (const rec of await runOne(id, workload, round + 1)) {
+                outcome.records.push(rec);
+                env.progress(`[round ${round + 1}/${cfg.rounds}] ${summaryLine(rec)}`);
+              }
+              break;
+            } catch (err) {
+              if (env.interrupted()) break;
+              let restarted = false;
+              if (attempt === 1) {
+                try {
+                  restarted = await restartIfStoppedFromOutside(id, `${workload} in round ${round + 1}`);
+                } catch (e) {
+                  await fail(id, new Error(`${(err as Error).message}; restarting it failed: ${(e as Error).message}`));
+                  break;
+                }
+              }
+              if (!restarted) {
+                await fail(id, err);
+                break;
+              }
             }
-          } catch (err) {
-            if (env.interrupted()) break;
-            await fail(id, err);
           }
         }
       }

@@ -7,7 +7,7 @@
  */
 import { createServer } from 'node:net';
 import type { Group, SystemId, Variant } from './config.js';
-import type { ProcessManager } from './processes.js';
+import type { ExitStatus, ManagedProcess, ProcessManager } from './processes.js';
 
 export type { Group, Variant };
 
@@ -52,12 +52,29 @@ export interface System {
   failover(): Promise<FailoverTiming>;
   /** Live processes and their roles. */
   pids(): SystemProcess[];
+  /** Processes that exited without the harness asking them to, and how. */
+  unexpectedExits(): UnexpectedExit[];
   /** Throws when a process died or replication latched an error. */
   checkHealth(): Promise<void>;
   /** Disk files: the primary's (the export's) and, for pairs, the secondary's. */
   disks(): { primary: string; secondary?: string };
   /** The exact command lines and QMP recipe, for the report. */
   describe(): string[];
+}
+
+export interface UnexpectedExit {
+  role: string;
+  status: ExitStatus;
+}
+
+/** The unexpected exits among a system's processes. */
+export function unexpectedExits(procs: ReadonlyArray<[role: string, proc: ManagedProcess | null | undefined]>): UnexpectedExit[] {
+  const out: UnexpectedExit[] = [];
+  for (const [role, proc] of procs) {
+    const st = proc?.unexpectedExit;
+    if (st) out.push({ role, status: st });
+  }
+  return out;
 }
 
 export interface SystemContext {
