@@ -162,8 +162,9 @@ export class ColoPair implements System {
   }
 
   async checkpoint(): Promise<CheckpointTiming> {
-    const s = await this.sec().monitor.timed('xen-colo-do-checkpoint');
+    // COLO's order (migration/colo.c): the primary's replication checkpoint, then the secondary's.
     const p = await this.pri().monitor.timed('xen-colo-do-checkpoint');
+    const s = await this.sec().monitor.timed('xen-colo-do-checkpoint');
     return { secondaryMs: s.ms, primaryMs: p.ms };
   }
 

@@ -230,8 +230,9 @@ export class QemuPair extends QemuSystem {
   }
 
   override async checkpoint(): Promise<CheckpointTiming> {
-    const s = await this.sec().qmp.timed('xen-colo-do-checkpoint');
+    // COLO's order (migration/colo.c): the primary's replication checkpoint, then the secondary's.
     const p = await this.pri().qmp.timed('xen-colo-do-checkpoint');
+    const s = await this.sec().qmp.timed('xen-colo-do-checkpoint');
     return { secondaryMs: s.ms, primaryMs: p.ms };
   }
 

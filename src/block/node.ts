@@ -206,12 +206,18 @@ export abstract class BlockNode {
     return this.track(this.doRead(offset, buf));
   }
 
-  write(offset: number, buf: Buffer, flags = 0): Promise<void> {
+  /**
+   * Writes `buf` at `offset`. A driver that is done with `buf` before the
+   * write completes (an NBD client once the payload is in the kernel's
+   * socket buffer) may call `released` early; otherwise it is not called,
+   * and the caller may reuse `buf` only once the promise settles.
+   */
+  write(offset: number, buf: Buffer, flags = 0, released?: () => void): Promise<void> {
     const bad = this.checkRequest(offset, buf.length, true);
     if (bad) return Promise.reject(bad);
     if (buf.length === 0) return Promise.resolve();
-    if (this.gate) return this.gate.then(() => this.write(offset, buf, flags));
-    return this.track(this.doWrite(offset, buf, flags));
+    if (this.gate) return this.gate.then(() => this.write(offset, buf, flags, released));
+    return this.track(this.doWrite(offset, buf, flags, released));
   }
 
   writeZeroes(offset: number, length: number, flags = 0): Promise<void> {
@@ -317,7 +323,7 @@ export abstract class BlockNode {
   // ---------------------------------------------------- driver callbacks
 
   protected abstract doRead(offset: number, buf: Buffer): Promise<void>;
-  protected abstract doWrite(offset: number, buf: Buffer, flags: number): Promise<void>;
+  protected abstract doWrite(offset: number, buf: Buffer, flags: number, released?: () => void): Promise<void>;
 
   /** Default: write a buffer of zeroes, unless the caller forbids the fallback. */
   protected async doWriteZeroes(offset: number, length: number, flags: number): Promise<void> {

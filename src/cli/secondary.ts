@@ -98,8 +98,10 @@ export async function secondaryMain(argv: readonly string[]): Promise<number> {
           if (!discard) refuseLeftovers(disk, left);
           discarded = left;
         }
-        await addNode(daemon, '--hidden', { driver: 'qcow2', 'node-name': 'hidden0', file: { driver: 'file', filename: hidden }, backing: 'parent0' });
-        await addNode(daemon, '--active', { driver: 'qcow2', 'node-name': 'active0', file: { driver: 'file', filename: active }, backing: 'hidden0' });
+        // Checkpoints empty the overlays every few seconds; keeping their space makes the next round's writes overwrites.
+        const keep = { 'x-empty-keeps-space': true };
+        await addNode(daemon, '--hidden', { driver: 'qcow2', 'node-name': 'hidden0', ...keep, file: { driver: 'file', filename: hidden }, backing: 'parent0' });
+        await addNode(daemon, '--active', { driver: 'qcow2', 'node-name': 'active0', ...keep, file: { driver: 'file', filename: active }, backing: 'hidden0' });
         await daemon.addBlockdev({ driver: 'replication', 'node-name': 'childs0', mode: 'secondary', 'top-id': 'colo-disk0', file: 'active0' });
         await daemon.addBlockdev({ driver: 'quorum', 'node-name': 'colo-disk0', 'read-pattern': 'fifo', 'vote-threshold': 1, children: ['childs0'] });
         await listenNbd(daemon, role.listen);

@@ -226,6 +226,8 @@ export class Daemon {
     }
     this.paused = [...nodes];
     await Promise.all(this.paused.map((n) => n.quiesce()));
+    // Below a paused node, work a request left running (a primary's writes on their way to the secondary) ends too.
+    await Promise.all([...subtree(this.paused)].map((n) => n.drain()));
     this.log.info('daemon.paused', { nodes: this.paused.map((n) => n.nodeName) });
   }
 
@@ -282,4 +284,15 @@ export class Daemon {
       }
     }
   }
+}
+
+function subtree(roots: BlockNode[]): Set<BlockNode> {
+  const seen = new Set<BlockNode>();
+  const visit = (n: BlockNode): void => {
+    if (seen.has(n)) return;
+    seen.add(n);
+    for (const ref of n.children.values()) visit(ref.node);
+  };
+  for (const r of roots) visit(r);
+  return seen;
 }

@@ -95,30 +95,37 @@ export class NbdNode extends BlockNode {
 
   // ----------------------------------------------------------------- writes
 
-  protected async doWrite(offset: number, buf: Buffer, flags: number): Promise<void> {
+  protected async doWrite(offset: number, buf: Buffer, flags: number, released?: () => void): Promise<void> {
     const a = this.align;
-    if (a === 1) return this.writeAligned(offset, buf, flags);
+    // A request that may be sent again after a reconnect still needs its payload.
+    const early = released && !this.conn.retries ? released : undefined;
+    if (a === 1) return this.writeAligned(offset, buf, flags, early);
     // The server can only write whole blocks: merge the edges with what is there.
     const start = offset - (offset % a);
     const end = Math.min(roundUp(offset + buf.length, a), this.size);
     const guard = await this.rmwLock.acquire(start, end, 'exclusive');
     try {
-      if (start === offset && end === offset + buf.length) return await this.writeAligned(offset, buf, flags);
+      if (start === offset && end === offset + buf.length) return await this.writeAligned(offset, buf, flags, early);
       const bounce = Buffer.allocUnsafe(end - start);
       await this.readAligned(start, bounce.subarray(0, a));
       if (end - a > start) await this.readAligned(end - a, bounce.subarray(end - a - start));
       buf.copy(bounce, offset - start);
+      early?.();
       await this.writeAligned(start, bounce, flags);
     } finally {
       guard.release();
     }
   }
 
-  private async writeAligned(offset: number, buf: Buffer, flags: number): Promise<void> {
+  private async writeAligned(offset: number, buf: Buffer, flags: number, released?: () => void): Promise<void> {
     const fua = (flags & Req.FUA) !== 0;
     const wire = fua && this.has(TxFlag.SEND_FUA) ? CmdFlag.FUA : 0;
+    const pieces = Math.ceil(buf.length / this.maxIo);
+    let unsent = pieces;
+    // Released once every piece is out.
+    const sent = released && (pieces === 1 ? released : () => { if (--unsent === 0) released(); });
     await this.split(offset, buf.length, this.maxIo, (c, at, len) =>
-      c.write(at, len === buf.length ? buf : buf.subarray(at - offset, at - offset + len), wire));
+      c.write(at, len === buf.length ? buf : buf.subarray(at - offset, at - offset + len), wire, sent));
     if (fua && !wire) await this.doFlush();
   }
 

@@ -26,8 +26,8 @@ export class RawNode extends BlockNode {
     return this.child.read(this.base + offset, buf);
   }
 
-  protected doWrite(offset: number, buf: Buffer, flags: number): Promise<void> {
-    return this.child.write(this.base + offset, buf, flags);
+  protected doWrite(offset: number, buf: Buffer, flags: number, released?: () => void): Promise<void> {
+    return this.child.write(this.base + offset, buf, flags, released);
   }
 
   protected override doWriteZeroes(offset: number, length: number, flags: number): Promise<void> {

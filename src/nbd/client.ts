@@ -174,8 +174,9 @@ export class NbdClient implements ReplyTargets {
     return this.submit(Cmd.READ, flags, offset, dest.length, null, dest).then(noop);
   }
 
-  write(offset: number, data: Buffer, flags = 0): Promise<void> {
-    return this.submit(Cmd.WRITE, flags, offset, data.length, data, null).then(noop);
+  /** `sent`, if given, is called once `data` is in the kernel's socket buffer (the caller may reuse it from then on). */
+  write(offset: number, data: Buffer, flags = 0, sent?: () => void): Promise<void> {
+    return this.submit(Cmd.WRITE, flags, offset, data.length, data, null, sent).then(noop);
   }
 
   writeZeroes(offset: number, length: number, flags = 0): Promise<void> {
@@ -236,6 +237,7 @@ export class NbdClient implements ReplyTargets {
 
   private async submit(
     type: number, flags: number, offset: number, length: number, payload: Buffer | null, dest: Buffer | null,
+    sent?: () => void,
   ): Promise<Pending> {
     while (this.free.length === 0 && this.failure === null) await this.idle();
     if (this.failure !== null) throw this.failure;
@@ -256,8 +258,12 @@ export class NbdClient implements ReplyTargets {
         socket.cork();
         process.nextTick(this.uncork);
       }
-      socket.write(hdr);
-      if (payload && payload.length > 0) socket.write(payload);
+      if (payload && payload.length > 0) {
+        socket.write(hdr);
+        socket.write(payload, sent);
+      } else {
+        socket.write(hdr, sent);
+      }
     });
   }
 

@@ -100,6 +100,11 @@ export class ReconnectingClient {
     return this.options.address;
   }
 
+  /** Whether a request that fails with a lost connection is sent again after a reconnect. */
+  get retries(): boolean {
+    return this.options.reconnectDelayMs > 0;
+  }
+
   /** Runs `op` on the current connection, waiting out or failing through a reconnect as set up. */
   async run<T>(op: (client: NbdClient) => Promise<T>): Promise<T> {
     for (;;) {

@@ -6,6 +6,7 @@
 import { BlockError } from '../block/errors.js';
 import type { DriverDefinition, OpenContext } from '../block/graph.js';
 import type { BlockNode } from '../block/node.js';
+import { DEFAULT_FORWARD_WINDOW } from './forward-window.js';
 import { ReplicationNode } from './node.js';
 
 export const replicationDriver: DriverDefinition = {
@@ -18,9 +19,11 @@ export const replicationDriver: DriverDefinition = {
     const mode = ctx.options.optString('mode');
     const topId = ctx.options.optString('top-id');
     if (mode === undefined) throw new BlockError('EINVAL', 'Missing the option mode');
+    const window = ctx.options.optInt('x-forward-window', 0, 1 << 30);
     if (mode === 'primary') {
       if (topId !== undefined) throw new BlockError('EINVAL', 'The primary side does not support option top-id');
-      return new ReplicationNode(ctx.graph, ctx.nodeName, ctx.readOnly, file, 'primary', null);
+      const limits = window === undefined ? DEFAULT_FORWARD_WINDOW : { ...DEFAULT_FORWARD_WINDOW, maxBytes: window };
+      return new ReplicationNode(ctx.graph, ctx.nodeName, ctx.readOnly, file, 'primary', null, limits);
     }
     if (mode === 'secondary') {
       if (topId === undefined) throw new BlockError('EINVAL', 'Missing the option top-id');

@@ -17,10 +17,14 @@ import type { BlockGraph } from '../block/graph.js';
 import { BlockNode, Req, Status, type BlockStatus } from '../block/node.js';
 import { rootLogger, type Logger } from '../util/log.js';
 import { Errors } from './errors.js';
+import { DEFAULT_FORWARD_WINDOW, ForwardWindow, type ForwardWindowLimits } from './forward-window.js';
 import { replicationRegistry, type ReplicationRegistry } from './registry.js';
 import { SecondaryReplication, type ReplicationHost } from './secondary.js';
 import type { DiskRole, FailedOperation, LatchedError, ReplicationMode, Stage } from './stage.js';
 import { collectStatus, type ReplicationNodeStatus } from './status.js';
+
+/** Largest forwarded write whose payload the primary copies instead of waiting for the socket (see ForwardWindow). */
+const COPY_MAX = 64 * 1024;
 
 /** Source of write-zeroes payloads; never written to. */
 const ZEROES = Buffer.alloc(1 << 20);
@@ -36,6 +40,8 @@ export class ReplicationNode extends BlockNode {
   private readonly registry: ReplicationRegistry;
   private readonly secondary: SecondaryReplication | null;
   private control: Promise<unknown> = Promise.resolve();
+  /** Primary only: replicated writes answered to the writer but not yet by the secondary. */
+  readonly window: ForwardWindow | null;
 
   constructor(
     readonly graph: BlockGraph,
@@ -44,8 +50,10 @@ export class ReplicationNode extends BlockNode {
     file: BlockNode,
     readonly mode: ReplicationMode,
     readonly topId: string | null,
+    windowLimits: ForwardWindowLimits = DEFAULT_FORWARD_WINDOW,
   ) {
     super(nodeName, readOnly);
+    this.window = mode === 'primary' ? new ForwardWindow(windowLimits) : null;
     this.setChild('file', file);
     this.log = rootLogger.child({ component: 'replication', node: this.nodeName, mode });
     this.registry = replicationRegistry(graph);
@@ -89,6 +97,8 @@ export class ReplicationNode extends BlockNode {
     return this.serial(async () => {
       if (this.stageValue === 'done' || this.stageValue === 'failover') return;
       if (this.secondary) await this.secondary.checkpoint();
+      // Whatever the primary acknowledged before the checkpoint is on the secondary when it returns.
+      else await this.window!.settled();
     });
   }
 
@@ -111,6 +121,7 @@ export class ReplicationNode extends BlockNode {
         await this.secondary.stop(failover);
         return;
       }
+      await this.window!.settled();
       this.setStage('done');
       this.latched = [];
     });
@@ -134,6 +145,12 @@ export class ReplicationNode extends BlockNode {
   /** @internal Whether `node` is this running secondary's top node. */
   blocks(node: BlockNode): boolean {
     return this.secondary?.blocksTop(node) ?? false;
+  }
+
+  /** Also waits for the writes still on their way to the secondary. */
+  override async drain(): Promise<void> {
+    await super.drain();
+    await this.window?.settled();
   }
 
   // ----------------------------------------------------------------- I/O
@@ -165,9 +182,11 @@ export class ReplicationNode extends BlockNode {
 
   // Discard keeps the base class's silent success: QEMU's driver has no discard.
 
-  protected doFlush(): Promise<void> {
+  protected async doFlush(): Promise<void> {
     if (this.secondary) return this.secondary.flushChildren();
     const file = this.file!;
+    // NBD's flush covers the writes answered before it was sent.
+    await this.window!.settled();
     return file.flush().catch((err: unknown) => {
       // QEMU returns flush errors (quorum outvotes them); colo-blk also latches them.
       if (this.stageValue === 'running') this.latch(file.nodeName, 'nbd', 'flush', err, true);
@@ -194,7 +213,11 @@ export class ReplicationNode extends BlockNode {
     if (!this.secondary) {
       if (this.stageValue !== 'running') return Promise.reject(this.refused('write'));
       const file = this.file!;
-      return file.write(offset, buf).catch((err: unknown) => this.latch(file.nodeName, 'nbd', 'write', err, false));
+      // A small payload is cheaper to copy than to keep the writer waiting until it is on the wire.
+      const owned = buf.length <= COPY_MAX && this.window!.limits.maxBytes > 0 && !process.env.XNO_OWNED;
+      const payload = owned ? Buffer.from(buf) : buf;
+      return this.window!.submit(offset, buf.length, (released) =>
+        file.write(offset, payload, 0, released).catch((err: unknown) => this.latch(file.nodeName, 'nbd', 'write', err, false)), owned);
     }
     switch (this.stageValue) {
       case 'none': return Promise.reject(this.refused('write'));

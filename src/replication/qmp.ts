@@ -21,7 +21,11 @@ export function replicationControl(graph: BlockGraph): ReplicationControl {
     start: (mode) => registry.startAll(mode),
     stop: (failover) => registry.stopAll(failover),
     checkpoint: () => registry.checkpointAll(),
-    checkError: async () => registry.getErrorAll(),
+    checkError: async () => {
+      // The answer covers every write acknowledged before the command, as QEMU's does.
+      await registry.forwarded();
+      registry.getErrorAll();
+    },
     query: () => registry.status(),
   };
 }

@@ -108,8 +108,14 @@ export class ReplicationRegistry {
     await this.stopAll(false);
   }
 
-  /** query-xen-replication-status. */
-  queryStatus(): XenReplicationStatus {
+  /** Resolves once every write a primary node acknowledged has been answered by its secondary (see ForwardWindow). */
+  async forwarded(): Promise<void> {
+    await Promise.all(this.list().map((n) => n.window?.settled()));
+  }
+
+  /** query-xen-replication-status; it covers every write acknowledged before it was asked. */
+  async queryStatus(): Promise<XenReplicationStatus> {
+    await this.forwarded();
     try {
       this.getErrorAll();
       return { error: false };

@@ -15,7 +15,7 @@ test('stop without failover on a running secondary is clean (QEMU: "Backup job w
     await f.top.write(0, fill(MiB, 0x33));
     await f.registry.setReplication({ enable: false, primary: false });
     assert.equal(f.repl.stage, 'done');
-    assert.deepEqual(f.registry.queryStatus(), { error: false }, 'no latched error');
+    assert.deepEqual(await f.registry.queryStatus(), { error: false }, 'no latched error');
     assert.deepEqual(f.registry.implicitNodes(), [], 'the backup job and its filter are gone');
     assert.equal(f.localBB.node, f.local);
     assert.equal(f.repl.file, f.local, 'the node now reads and writes the secondary disk');
@@ -42,13 +42,13 @@ test('a healthy failover commit reports no error (QEMU: "I/O error occurred" unt
     await f.registry.setReplication({ enable: false, primary: false, failover: true });
     await hold.waitForHits(1);
     assert.equal(f.repl.stage, 'failover');
-    assert.deepEqual(f.registry.queryStatus(), { error: false });
+    assert.deepEqual(await f.registry.queryStatus(), { error: false });
     const [st] = f.registry.status();
     assert.equal(st!.commit?.status, 'running');
     assert.equal(st!.commit?.len, 2 * MiB);
     hold.remove();
     await f.registry.settled();
-    assert.deepEqual(f.registry.queryStatus(), { error: false });
+    assert.deepEqual(await f.registry.queryStatus(), { error: false });
   } finally {
     await f.cleanup();
   }
@@ -61,7 +61,7 @@ test('an error report names the disk, the operation and the errno, beside QEMU\'
     const fault = f.graph.get('pdisk-fault') as import('../../src/drivers/fault.js').FaultNode;
     fault.addRule({ op: 'write', errno: 'ECONNRESET' });
     await f.bb.write(0, fill(512, 1));
-    assert.deepEqual(f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' });
+    assert.deepEqual(await f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' });
     const [error] = f.repl.status().errors;
     assert.equal(error!.disk, 'pdisk-fault');
     assert.equal(error!.role, 'nbd');

@@ -138,7 +138,7 @@ describe('copy-before-write failures and concurrency', () => {
       // The pair diverged: colo-blk latches it on the secondary too (QEMU does not).
       assert.deepEqual(f.repl.status().errors.map((e) => [e.disk, e.role, e.operation, e.errno]),
         [['local-fault', 'secondary', 'copy-before-write', 'EIO']]);
-      assert.deepEqual(f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' });
+      assert.deepEqual(await f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' });
       rule.remove();
       await f.localBB.write(5 * MiB + 100, fill(100, 0x22));
       await expectPattern(f.top, 5 * MiB, 64 * KiB, 0x11);

@@ -27,7 +27,7 @@ describe('FAILOVER_FAILED (spec section 3, reproduced)', () => {
       await f.repl.failoverSettled();
       assert.equal(f.repl.stage, 'failover-failed');
 
-      assert.deepEqual(f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' });
+      assert.deepEqual(await f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' });
       await assert.rejects(f.repl.stop(false), { message: 'Block replication is not running' });
       await assert.rejects(f.repl.start('secondary'), { message: 'Block replication is running or done' });
       await assert.rejects(f.repl.checkpoint(), { message: 'Backup job was cancelled unexpectedly' });
@@ -180,7 +180,7 @@ for (const kind of DISK_KINDS) {
         assert.ok(f.active.isClosed && f.hidden.isClosed, 'inline overlays are released');
         await expectPattern(f.localBB, 0, 2 * MiB, 0x33);
         await expectPattern(f.localBB, 2 * MiB, 14 * MiB, 0x11, 'the primary writes since the checkpoint rolled back');
-        assert.deepEqual(f.registry.queryStatus(), { error: false });
+        assert.deepEqual(await f.registry.queryStatus(), { error: false });
       } finally {
         await f.cleanup();
       }

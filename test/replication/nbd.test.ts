@@ -134,12 +134,13 @@ for (const kind of DISK_KINDS) {
         await replicationRegistry(pri.graph).setReplication({ enable: true, primary: true });
         const model = Buffer.from(base);
         await guestWrites(pri.dev, model, 1, 64);
-        await replicationRegistry(sec.graph).doCheckpoint();
+        // COLO's order: the primary's checkpoint (it waits for its forwarding window) before the secondary's.
         await replicationRegistry(pri.graph).doCheckpoint();
+        await replicationRegistry(sec.graph).doCheckpoint();
         sameBytes(await readAll(pri.disk), model, 'primary disk');
         sameBytes(await readAll(new BlockBackend('check', sec.disk)), model, 'secondary disk');
         sameBytes(await readAll(sec.dev), model, 'secondary view after the checkpoint');
-        assert.deepEqual(replicationRegistry(pri.graph).queryStatus(), { error: false });
+        assert.deepEqual(await replicationRegistry(pri.graph).queryStatus(), { error: false });
 
         // The secondary VM runs ahead; the primary keeps writing; then the primary dies.
         const view = Buffer.from(model);
@@ -177,7 +178,7 @@ describe('colo-blk pair over NBD: the link breaks', () => {
       const b = Buffer.alloc(64 * KiB);
       await pri.dev.read(MiB, b);
       assert.ok(b.equals(Buffer.alloc(64 * KiB, 2)), 'the local disk has it');
-      assert.deepEqual(replicationRegistry(pri.graph).queryStatus(), { error: true, desc: 'I/O error occurred' });
+      assert.deepEqual(await replicationRegistry(pri.graph).queryStatus(), { error: true, desc: 'I/O error occurred' });
       const [err] = replicationRegistry(pri.graph).status()[0]!.errors;
       assert.equal(err!.role, 'nbd');
       assert.equal(err!.operation, 'write');
@@ -206,7 +207,7 @@ describe('across implementations', () => {
       await replicationRegistry(pri.graph).checkpointAll();
       sameBytes(await qemu.readExport('parent0', 'disk'), model, "QEMU's secondary disk");
       sameBytes(await qemu.readExport('top', 'view'), model, "QEMU's secondary view after the checkpoint");
-      assert.deepEqual(replicationRegistry(pri.graph).queryStatus(), { error: false });
+      assert.deepEqual(await replicationRegistry(pri.graph).queryStatus(), { error: false });
       assert.deepEqual(await qemu.qmp.execute('query-xen-replication-status'), { error: false });
     } finally {
       await pri.close();

@@ -100,6 +100,7 @@ test('a COLO primary over QMP: x-blockdev-change, latched errors as events, quor
 
     const dev = graph.get('colo-disk0');
     await dev.write(0, fill(4096, 0x55));
+    await dev.flush(); // the forwarding window: a flush waits for the secondary's answer
     await expectPattern(graph.get('link-mem'), 0, 4096, 0x55, 'forwarded to the secondary');
 
     (graph.get('nbd0') as import('../../src/drivers/fault.js').FaultNode).addRule({ op: 'write', errno: 'ECONNRESET' });

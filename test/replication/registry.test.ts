@@ -19,7 +19,7 @@ test('with no replication node every operation succeeds', async () => {
   await r.checkpointAll();
   r.getErrorAll();
   await r.stopAll(false);
-  assert.deepEqual(r.queryStatus(), { error: false });
+  assert.deepEqual(await r.queryStatus(), { error: false });
   assert.deepEqual(r.status(), []);
   assert.equal(replicationRegistry(g), r, 'one registry per graph');
   assert.notEqual(replicationRegistry(createGraph()), r);
@@ -37,7 +37,7 @@ test('nodes are visited newest first and the first error stops the walk', async 
   await b.start('primary');
   await assert.rejects(r.startAll('primary'), { message: 'Block replication is running or done' });
   assert.deepEqual(r.list().map((n) => n.stage), ['running', 'running', 'none'], 'c started, b failed, a was never visited');
-  assert.deepEqual(r.queryStatus(), { error: true, desc: 'Block replication is not running' }, "a's answer");
+  assert.deepEqual(await r.queryStatus(), { error: true, desc: 'Block replication is not running' }, "a's answer");
   await g.delete('c');
   assert.deepEqual(r.list().map((n) => n.nodeName), ['b', 'a'], 'closing a node unregisters it');
   await g.closeAll();
@@ -60,7 +60,7 @@ test('xen-set-replication: failover only for stop; failover=true swallows every 
     await assert.rejects(f.registry.setReplication({ enable: true, primary: false }),
       { message: "The parameter mode's value is invalid, needs 0, but got 1" });
     await f.registry.setReplication({ enable: true, primary: true });
-    assert.deepEqual(f.registry.queryStatus(), { error: false });
+    assert.deepEqual(await f.registry.queryStatus(), { error: false });
     await f.registry.doCheckpoint();
     await f.registry.setReplication({ enable: false, primary: true });
     assert.equal(f.repl.stage, 'done');
@@ -81,7 +81,7 @@ test('a primary forwarding error is latched with its disk, operation and errno; 
     await f.bb.write(0, fill(4096, 1));
     await f.bb.write(4096, fill(4096, 2));
     await f.bb.write(8192, fill(4096, 3));
-    assert.deepEqual(f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' }, "QEMU's text, unchanged");
+    assert.deepEqual(await f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' }, "QEMU's text, unchanged");
     const [st] = f.registry.status();
     assert.equal(st!.stage, 'running');
     assert.deepEqual(st!.errors.map((e) => ({ ...e, since: undefined })), [{
@@ -91,7 +91,7 @@ test('a primary forwarding error is latched with its disk, operation and errno; 
     assert.deepEqual(latched, ['xxx:pdisk-fault:write:ENOSPC'], 'one event for the first error');
     // A stop clears the error (QEMU: error := 0 on primary stop).
     await f.registry.stopAll(true);
-    assert.deepEqual(f.registry.queryStatus(), { error: false });
+    assert.deepEqual(await f.registry.queryStatus(), { error: false });
   } finally {
     await f.cleanup();
   }
@@ -173,7 +173,7 @@ test('a backup job that ends unexpectedly latches an error, as QEMU does', async
     await f.repl.start('secondary');
     const job = jobRegistry(f.graph).get('colo-backup-repl')!;
     await job.cancelAndWait();
-    assert.deepEqual(f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' });
+    assert.deepEqual(await f.registry.queryStatus(), { error: true, desc: 'I/O error occurred' });
     assert.deepEqual(f.repl.status().errors.map((e) => [e.disk, e.role, e.operation]), [['local', 'secondary', 'backup']]);
     await assert.rejects(f.repl.checkpoint(), { message: 'Backup job was cancelled unexpectedly' });
     assert.equal(f.localBB.node, f.local, 'the filter went with the job');

@@ -249,6 +249,8 @@ describe('stage table, primary', () => {
         const f = await reachPrimary(stage);
         try {
           await check(op, f.repl, f.bb, PRIMARY[stage][op]);
+          // The writer is answered before the forwarded write lands (the forwarding window); drain waits for it.
+          await f.repl.drain();
           if (stage === 'running' && op === 'write') await expectPattern(f.disk, MiB, 64 * 1024, 0x5e, 'forwarded');
           if (stage === 'running' && op === 'write-zeroes') await expectPattern(f.disk, 2 * MiB, 64 * 1024, 0, 'zeroes forwarded');
         } finally {

@@ -10,6 +10,13 @@ import type { Qcow2State } from './state.js';
 export interface Qcow2RuntimeOptions {
   /** Guest discards keep host clusters allocated (QEMU's discard-no-unref). */
   discardNoUnref: boolean;
+  /**
+   * Emptying the image keeps its file length (colo-blk's
+   * `x-empty-keeps-space`): the freed clusters are reused in place by later
+   * writes instead of being given back and allocated afresh, which on tmpfs
+   * and most file systems costs several times a plain overwrite.
+   */
+  emptyKeepsSpace: boolean;
 }
 
 export interface Qcow2Io {

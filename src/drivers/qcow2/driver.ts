@@ -90,5 +90,5 @@ async function openNode(
   } else {
     backing = backingChoice;
   }
-  return new Qcow2Node(ctx.nodeName, ctx.readOnly, file, state, backing, { discardNoUnref: opts.discardNoUnref }, release);
+  return new Qcow2Node(ctx.nodeName, ctx.readOnly, file, state, backing, { discardNoUnref: opts.discardNoUnref, emptyKeepsSpace: opts.emptyKeepsSpace }, release);
 }

@@ -85,7 +85,8 @@ async function fastEmpty(io: Qcow2Io): Promise<boolean> {
     h.refcountTableOffset = cs;
     h.refcountTableClusters = 1;
     const fileLength = total * cs;
-    await st.file.truncate(fileLength);
+    // Kept, the old clusters are free space that the allocator reuses (the write path fills what a reused cluster needs).
+    if (!io.runtime.emptyKeepsSpace) await st.file.truncate(fileLength);
 
     st.l2.reset(3 * cs);
     st.refcounts.reset({

@@ -13,6 +13,7 @@ export interface Qcow2OpenOptions {
   cacheSize?: number;
   lazyRefcounts?: boolean;
   discardNoUnref: boolean;
+  emptyKeepsSpace: boolean;
 }
 
 const OVERLAP_KINDS = [
@@ -23,7 +24,10 @@ const OVERLAP_KINDS = [
 export function readQcow2Options(o: OptionReader): Qcow2OpenOptions {
   if (o.has('data-file')) throw new BlockError('ENOTSUP', 'qcow2 external data files are not supported by colo-blk');
   if (o.has('encrypt')) throw new BlockError('ENOTSUP', 'qcow2 encryption is not supported by colo-blk');
-  const out: Qcow2OpenOptions = { discardNoUnref: o.optBool('discard-no-unref') ?? false };
+  const out: Qcow2OpenOptions = {
+    discardNoUnref: o.optBool('discard-no-unref') ?? false,
+    emptyKeepsSpace: o.optBool('x-empty-keeps-space') ?? false,
+  };
   const lazy = o.optBool('lazy-refcounts');
   if (lazy !== undefined) out.lazyRefcounts = lazy;
   const l2 = o.optInt('l2-cache-size');
