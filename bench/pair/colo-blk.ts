@@ -29,7 +29,7 @@ export const COLO_BLK_CLI = process.env.COLO_BLK_CLI
   : fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 
 /** colo-blk logs one JSON line per event; at info level the connection chatter is noise in a benchmark. */
-const COLO_ENV = { COLO_BLK_LOG_LEVEL: 'warn' };
+const COLO_ENV = { COLO_BLK_LOG_LEVEL: process.env.BENCH_COLO_LOG_LEVEL ?? 'warn' };
 
 function subcommandWorks(sub: string): boolean {
   const r = spawnSync(process.execPath, [COLO_BLK_CLI, sub, '--help'], { stdio: 'ignore', timeout: 20_000 });

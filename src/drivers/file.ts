@@ -17,12 +17,14 @@ const ZERO_CHUNK = Buffer.alloc(1 << 20);
  * 10 us more (two cross-thread wake-ups), and on the write path of a
  * replicated guest that is most of the latency. A device that blocks (a
  * cold read from a disk, writeback throttling) must not stall the loop, so
- * a request that takes longer than `SLOW_NS` sends the node back to the
- * pool for `BACKOFF_MS`.
+ * `SLOW_STREAK` requests in a row that take longer than `SLOW_NS` send the
+ * node back to the pool for `BACKOFF_MS`.
  */
 const INLINE_MAX = 64 * 1024;
 const SLOW_NS = 500_000n;
-const BACKOFF_MS = 5_000;
+/** One slow request may be the loop being preempted (wall time); several in a row are the device. */
+const SLOW_STREAK = 3;
+const BACKOFF_MS = 2_000;
 
 function preadOnce(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -89,6 +91,7 @@ export class FileNode extends BlockNode {
 
   /** Until then (a `performance.now()` time) small requests use the pool. */
   private inlineAfter = 0;
+  private slowStreak = 0;
 
   /** Whether a request of `length` bytes runs inline now. */
   private inline(length: number): boolean {
@@ -102,7 +105,12 @@ export class FileNode extends BlockNode {
   }
 
   private noteDuration(start: bigint): void {
-    if (process.hrtime.bigint() - start > SLOW_NS) this.inlineAfter = performance.now() + BACKOFF_MS;
+    if (process.hrtime.bigint() - start <= SLOW_NS) {
+      this.slowStreak = 0;
+    } else if (++this.slowStreak >= SLOW_STREAK) {
+      this.slowStreak = 0;
+      this.inlineAfter = performance.now() + BACKOFF_MS;
+    }
   }
 
   /** One inline positional read, fully (zeroes past the end); throws a BlockError. */

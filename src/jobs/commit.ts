@@ -46,6 +46,9 @@ export interface CommitFailure {
 
 class Cancelled extends Error {}
 
+/** Longest stretch the allocation scan runs without letting other work in. */
+const SCAN_SLICE_MS = 1;
+
 export class ActiveCommitJob extends Job {
   readonly top: BlockNode;
   readonly base: BlockNode;
@@ -147,8 +150,16 @@ export class ActiveCommitJob extends Job {
   /** Everything allocated in the top or an intermediate layer is dirty to begin with. */
   private async scanAllocated(): Promise<void> {
     const size = this.top.size;
+    let slice = performance.now();
     for (let offset = 0; offset < size;) {
       if (this.cancelRequested) throw new Cancelled();
+      // Cached metadata answers without a system call, so the scan would run
+      // to its end in one go; the guest's requests (a failover's first write)
+      // must not wait behind it.
+      if (performance.now() - slice > SCAN_SLICE_MS) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        slice = performance.now();
+      }
       let run;
       try {
         run = await isAllocatedAbove(this.top, this.base, offset, size - offset);

@@ -214,7 +214,7 @@ export class ReplicationNode extends BlockNode {
       if (this.stageValue !== 'running') return Promise.reject(this.refused('write'));
       const file = this.file!;
       // A small payload is cheaper to copy than to keep the writer waiting until it is on the wire.
-      const owned = buf.length <= COPY_MAX && this.window!.limits.maxBytes > 0 && !process.env.XNO_OWNED;
+      const owned = buf.length <= COPY_MAX && this.window!.limits.maxBytes > 0;
       const payload = owned ? Buffer.from(buf) : buf;
       return this.window!.submit(offset, buf.length, (released) =>
         file.write(offset, payload, 0, released).catch((err: unknown) => this.latch(file.nodeName, 'nbd', 'write', err, false)), owned);

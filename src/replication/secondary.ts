@@ -286,6 +286,11 @@ export class SecondaryReplication {
       top: active,
       base: this.secondaryDisk!,
       internal: true,
+      // Measured with bench:pair (failover, 64+64 MiB): two 4 MiB copies at a
+      // time commit as fast as more, smaller ones and leave the guest's
+      // requests less to queue behind.
+      maxChunk: 4 << 20,
+      parallel: 2,
     });
     try {
       await job.start();

@@ -136,3 +136,33 @@ test('concurrent make-empty calls take turns', async () => {
   await assertQemuCheckClean(top);
   dir.cleanup();
 });
+
+test('x-empty-keeps-space: the file keeps its length, later writes reuse it in place, and nothing stale shows', async () => {
+  const dir = tempDir();
+  // A zero backing: a partial write into a reused cluster must read zeroes around it, never the old bytes there.
+  const base = dir.file('zero-base.qcow2');
+  const top = dir.file('top.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', base, '64M');
+  await qemuImg('create', '-q', '-f', 'qcow2', '-b', 'zero-base.qcow2', '-F', 'qcow2', top, '64M');
+  const { graph, node } = await openImage(top, { 'x-empty-keeps-space': true });
+  await node.write(0, Buffer.alloc(16 * MiB, 0x5a));
+  await node.flush();
+  const grown = fileSize(top);
+  await node.makeEmpty();
+  assert.equal(fileSize(top), grown, 'the space is kept');
+  assertSameBytes(await readAll(node, 0, 16 * MiB), Buffer.alloc(16 * MiB), 'backing (zeroes) shows through');
+  // Partial-cluster writes land in reused clusters: their heads and tails must read as the backing.
+  await node.write(8 * MiB + 1000, Buffer.alloc(3000, 0x61));
+  await node.write(12 * MiB + 65536 - 512, Buffer.alloc(1024, 0x62));
+  await node.write(2 * MiB, Buffer.alloc(4 * MiB, 0x63));
+  const model = Buffer.alloc(16 * MiB);
+  model.fill(0x61, 8 * MiB + 1000, 8 * MiB + 4000);
+  model.fill(0x62, 12 * MiB + 65536 - 512, 12 * MiB + 65536 + 512);
+  model.fill(0x63, 2 * MiB, 6 * MiB);
+  assertSameBytes(await readAll(node, 0, 16 * MiB), model, 'after reuse');
+  assert.equal(fileSize(top), grown, 'the writes reused the kept space');
+  await graph.closeAll();
+  await assertQemuCheckClean(top);
+  await qemuIo(top, ['read -P 0 0 2M', 'read -P 0x63 2M 4M', 'read -P 0 8M 1000', 'read -P 0x61 8389608 3000', 'read -P 0 8392608 1000']);
+  dir.cleanup();
+});
