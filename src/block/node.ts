@@ -17,6 +17,12 @@ export const Req = {
   MAY_UNMAP: 2,
   /** write-zeroes must fail with ENOTSUP rather than write zero bytes (NBD FAST_ZERO). */
   NO_FALLBACK: 4,
+  /**
+   * The caller never changes or reuses the write's buffer (an NBD server's
+   * request payload): a node may keep it after the write completed instead
+   * of copying it.
+   */
+  STABLE_BUFFER: 8,
 } as const;
 
 /** Block-status flags of one layer (QEMU's BDRV_BLOCK_*). */

@@ -12,15 +12,17 @@ import { BlockNode, Req, Status, type BlockStatus } from '../block/node.js';
 const ZERO_CHUNK = Buffer.alloc(1 << 20);
 
 /**
- * Small reads and writes are done inline, on the event loop: a page-cache
- * copy of a few KiB takes 1-3 us, a trip through libuv's thread pool about
- * 10 us more (two cross-thread wake-ups), and on the write path of a
- * replicated guest that is most of the latency. A device that blocks (a
- * cold read from a disk, writeback throttling) must not stall the loop, so
- * `SLOW_STREAK` requests in a row that take longer than `SLOW_NS` send the
- * node back to the pool for `BACKOFF_MS`.
+ * Reads and writes up to `INLINE_MAX` are done inline, on the event loop: a
+ * page-cache copy of 4 KiB takes 1-3 us and of 1 MiB 50-300 us, while a
+ * trip through libuv's thread pool adds about 10 us of cross-thread
+ * wake-ups, and on a machine with few CPUs the pool's queue lock is taken
+ * over by preempted workers (measured: 1 MiB copy-before-write throughput
+ * +15% inline; docs/performance.md). A device that blocks (a cold read from
+ * a disk, writeback throttling) must not stall the loop, so `SLOW_STREAK`
+ * requests in a row that take longer than `SLOW_NS` send the node back to
+ * the pool for `BACKOFF_MS`.
  */
-const INLINE_MAX = 64 * 1024;
+const INLINE_MAX = 1 << 20;
 const SLOW_NS = 500_000n;
 /** One slow request may be the loop being preempted (wall time); several in a row are the device. */
 const SLOW_STREAK = 3;

@@ -127,7 +127,8 @@ export class TransmissionHandler {
           return out;
         }
         case Cmd.WRITE:
-          await this.exp.backend.write(req.offset, req.payload!, (req.flags & CmdFlag.FUA ? Req.FUA : 0) | this.forceFua);
+          // Payloads are per request (a buffer of their own, or a slice of a socket chunk, which Node never reuses).
+          await this.exp.backend.write(req.offset, req.payload!, (req.flags & CmdFlag.FUA ? Req.FUA : 0) | this.forceFua | Req.STABLE_BUFFER);
           stats.writes++;
           stats.bytesWritten += req.length;
           return [this.ok(req)];

@@ -166,7 +166,7 @@ export class ReplicationNode extends BlockNode {
   }
 
   protected doWrite(offset: number, buf: Buffer, flags: number): Promise<void> {
-    const write = this.dispatchWrite(offset, buf);
+    const write = this.dispatchWrite(offset, buf, (flags & Req.STABLE_BUFFER) !== 0);
     return flags & Req.FUA ? write.then(() => this.doFlush()) : write;
   }
 
@@ -174,7 +174,7 @@ export class ReplicationNode extends BlockNode {
     if (flags & Req.NO_FALLBACK) throw new BlockError('ENOTSUP', 'replication cannot write zeroes without writing data');
     for (let done = 0; done < length;) {
       const n = Math.min(ZEROES.length, length - done);
-      await this.dispatchWrite(offset + done, n === ZEROES.length ? ZEROES : ZEROES.subarray(0, n));
+      await this.dispatchWrite(offset + done, n === ZEROES.length ? ZEROES : ZEROES.subarray(0, n), true);
       done += n;
     }
     if (flags & Req.FUA) await this.doFlush();
@@ -209,13 +209,14 @@ export class ReplicationNode extends BlockNode {
     }
   }
 
-  private dispatchWrite(offset: number, buf: Buffer): Promise<void> {
+  private dispatchWrite(offset: number, buf: Buffer, stable = false): Promise<void> {
     if (!this.secondary) {
       if (this.stageValue !== 'running') return Promise.reject(this.refused('write'));
       const file = this.file!;
-      // A small payload is cheaper to copy than to keep the writer waiting until it is on the wire.
-      const owned = buf.length <= COPY_MAX && this.window!.limits.maxBytes > 0;
-      const payload = owned ? Buffer.from(buf) : buf;
+      // The window may keep a stable buffer as it is; a small one is cheaper
+      // to copy than to keep the writer waiting until it is on the wire.
+      const owned = (stable || buf.length <= COPY_MAX) && this.window!.limits.maxBytes > 0;
+      const payload = owned && !stable ? Buffer.from(buf) : buf;
       return this.window!.submit(offset, buf.length, (released) =>
         file.write(offset, payload, 0, released).catch((err: unknown) => this.latch(file.nodeName, 'nbd', 'write', err, false)), owned);
     }

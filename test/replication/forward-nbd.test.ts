@@ -174,3 +174,43 @@ test('a lost link: writes in the window fail on the secondary side, the guest sa
     await p.close();
   }
 });
+
+test('a writer that reuses its buffer as soon as it is answered does not change what the secondary gets', async () => {
+  const p = await pair();
+  try {
+    // Small payloads are copied; large ones are answered once they are in the kernel's socket buffer.
+    for (const [offset, length] of [[0, 4096], [65536, 65536], [1 << 20, 1 << 20], [2 << 20, (1 << 20) + 512]] as const) {
+      const buf = Buffer.alloc(length, 0x70 + length % 7);
+      const original = Buffer.from(buf);
+      await p.pvm.write(offset, buf);
+      buf.fill(0xee);
+      await p.pvm.flush();
+      assert.ok((await secondaryBytes(p, offset, length)).equals(original), `write of ${length} at ${offset}`);
+    }
+  } finally {
+    await p.close();
+  }
+});
+
+test('an NBD client\'s payloads (stable buffers) are forwarded without a copy and still arrive intact', async () => {
+  const p = await pair();
+  const daemon = new Daemon({ graph: p.primary });
+  try {
+    const addr = await daemon.startNbdServer({ addr: { type: 'inet', host: '127.0.0.1', port: '0' } });
+    daemon.addExport({ id: 'pvm', node: 'colo-disk0', name: 'pvm', writable: true });
+    const client = createGraph();
+    const pvm = await client.add({
+      driver: 'nbd', 'node-name': 'guest',
+      server: { type: 'inet', host: '127.0.0.1', port: String((addr as { port: string | number }).port) }, export: 'pvm',
+    });
+    const data = Buffer.alloc(3 << 20);
+    for (let i = 0; i < data.length; i += 4096) data.fill((i >> 12) & 0xff, i, i + 4096);
+    await Promise.all([0, 1, 2].map((k) => pvm.write(k << 20, data.subarray(k << 20, (k + 1) << 20))));
+    await pvm.flush();
+    await client.closeAll();
+    assert.ok((await secondaryBytes(p, 0, 3 << 20)).equals(data));
+  } finally {
+    await daemon.stopNbdServer().catch(() => undefined);
+    await p.close();
+  }
+});
