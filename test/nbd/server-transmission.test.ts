@@ -85,7 +85,7 @@ test('block status: base:allocation as QEMU computes it, qemu:allocation-depth 1
   }
 });
 
-test('command flags reach the block layer: FUA, NO_HOLE, FAST_ZERO, TRIM with FUA flushes', async () => {
+test('command flags reach the block layer: FUA, NO_HOLE, FAST_ZERO, TRIM with FUA flushes; payloads are stable buffers', async () => {
   const t = await startServer();
   try {
     const seen: Array<[string, number]> = [];
@@ -99,7 +99,7 @@ test('command flags reach the block layer: FUA, NO_HOLE, FAST_ZERO, TRIM with FU
     await c.cache(0, 512);
     await c.flush();
     assert.deepEqual(seen, [
-      ['write', Req.FUA],
+      ['write', Req.FUA | Req.STABLE_BUFFER],
       ['zero', 0],
       ['zero', Req.MAY_UNMAP],
       ['zero', Req.MAY_UNMAP | Req.NO_FALLBACK | Req.FUA],
@@ -114,7 +114,7 @@ test('command flags reach the block layer: FUA, NO_HOLE, FAST_ZERO, TRIM with FU
     await wt.write(0, Buffer.alloc(512));
     await wt.writeZeroes(0, 512, CmdFlag.NO_HOLE);
     await wt.trim(0, 512);
-    assert.deepEqual(seen, [['write', Req.FUA], ['zero', Req.FUA], ['discard', 0], ['flush', 0]], 'writethrough makes every write FUA');
+    assert.deepEqual(seen, [['write', Req.FUA | Req.STABLE_BUFFER], ['zero', Req.FUA], ['discard', 0], ['flush', 0]], 'writethrough makes every write FUA');
     await wt.close();
   } finally {
     await t.close();
