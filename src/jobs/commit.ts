@@ -211,6 +211,8 @@ export class ActiveCommitJob extends Job {
     const guard = await this.copyLock.acquire(start, end, 'exclusive');
     const data = this.buffers.take(length);
     try {
+      // Small reads run inline on the event loop; let the guest's requests in first.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       try {
         await this.top.read(start, data);
       } catch (err) {

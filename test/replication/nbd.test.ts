@@ -203,8 +203,9 @@ describe('across implementations', () => {
       await replicationRegistry(pri.graph).startAll('primary');
       const model = Buffer.alloc(SIZE);
       await guestWrites(pri.dev, model, 11, 48);
-      await qemu.checkpoint();
+      // COLO's order: the primary's checkpoint waits for its forwarding window, then the secondary's.
       await replicationRegistry(pri.graph).checkpointAll();
+      await qemu.checkpoint();
       sameBytes(await qemu.readExport('parent0', 'disk'), model, "QEMU's secondary disk");
       sameBytes(await qemu.readExport('top', 'view'), model, "QEMU's secondary view after the checkpoint");
       assert.deepEqual(await replicationRegistry(pri.graph).queryStatus(), { error: false });
