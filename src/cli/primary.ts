@@ -19,11 +19,13 @@ import { nbdUriOptions } from './open-image.js';
 import { addNode, describeSize, diskOptions, listenNbd, listenQmp, parseRoleArgs } from './role.js';
 
 export const PRIMARY_USAGE = `usage: colo-blk primary --disk FILE --secondary nbd://HOST:PORT/parent0 --listen HOST:PORT
-                        [--reconnect-delay SECONDS] [--qmp PATH] [--pidfile PATH] [--log-level LEVEL]
+                        [--reconnect-delay SECONDS] [--forward-window BYTES] [--qmp PATH] [--pidfile PATH] [--log-level LEVEL]
   --disk FILE          the protected disk (qcow2 or raw)
   --secondary URI      the secondary's replication export (nbd://HOST:PORT/parent0 or nbd+unix:///parent0?socket=P)
   --listen ADDR        NBD server address (HOST:PORT or unix:PATH); export pvm is the protected disk
   --reconnect-delay S  keep writes waiting up to S seconds for a lost replication link (default 0)
+  --forward-window N   bytes of writes answered to the guest before the secondary answered them
+                       (default 8388608; 0 makes every write wait for the secondary, as QEMU does)
   --qmp PATH           QMP monitor on a unix socket (checkpoint, failover, status)
 `;
 
@@ -35,7 +37,7 @@ export async function primaryMain(argv: readonly string[]): Promise<number> {
   let role;
   try {
     role = parseRoleArgs('primary', argv, {
-      values: ['disk', 'secondary', 'reconnect-delay'],
+      values: ['disk', 'secondary', 'reconnect-delay', 'forward-window'],
       required: { disk: 'the disk image to protect', secondary: "the secondary's replication export (nbd://HOST:PORT/parent0)" },
     });
   } catch (err) {
@@ -45,6 +47,7 @@ export async function primaryMain(argv: readonly string[]): Promise<number> {
   const disk = resolve(lastValue(role.args, 'disk')!);
   const secondaryUri = lastValue(role.args, 'secondary')!;
   const reconnectDelay = lastValue(role.args, 'reconnect-delay');
+  const forwardWindow = lastValue(role.args, 'forward-window');
   const extensions = defaultExtensions();
   return runDaemon({
     command: 'primary',
@@ -56,6 +59,9 @@ export async function primaryMain(argv: readonly string[]): Promise<number> {
       if (reconnectDelay !== undefined && !/^\d+$/.test(reconnectDelay)) {
         throw new DaemonUsageError('--reconnect-delay', `'${reconnectDelay}' is not a number of seconds`);
       }
+      if (forwardWindow !== undefined && !/^\d+$/.test(forwardWindow)) {
+        throw new DaemonUsageError('--forward-window', `'${forwardWindow}' is not a number of bytes`);
+      }
       const local = await addNode(daemon, '--disk', await diskOptions('--disk', disk, 'primary-disk0'));
       const quorum = await daemon.addBlockdev({ driver: 'quorum', 'node-name': 'colo-disk0', 'read-pattern': 'fifo', 'vote-threshold': 1, children: ['primary-disk0'] });
       if (reconnectDelay) target['reconnect-delay'] = reconnectDelay;
@@ -63,6 +69,7 @@ export async function primaryMain(argv: readonly string[]): Promise<number> {
       try {
         replication = await daemon.addBlockdev({
           driver: 'replication', 'node-name': 'replication0', mode: 'primary',
+          ...(forwardWindow !== undefined ? { 'x-forward-window': Number(forwardWindow) } : {}),
           file: target,
         });
       } catch (err) {

@@ -150,6 +150,8 @@ describe('refusals', () => {
       [primary('--disk', f('disk.raw'), '--listen', freeUnix()), /^colo-blk primary: --secondary: missing; give the secondary's replication export \(nbd:\/\/HOST:PORT\/parent0\)$/],
       [primary('--disk', f('disk.raw'), '--secondary', '127.0.0.1:10809', '--listen', freeUnix()), /^colo-blk primary: --secondary: '127\.0\.0\.1:10809' is not an nbd:\/\/ or nbd\+unix:\/\/ URI$/],
       [primary('--disk', f('disk.raw'), '--secondary', 'nbd://127.0.0.1:1/parent0', '--listen', 'nowhere'), /^colo-blk primary: --listen: 'nowhere' is not HOST:PORT or unix:PATH/],
+      [primary('--disk', f('disk.raw'), '--secondary', 'nbd://127.0.0.1:1/parent0', '--listen', freeUnix(), '--forward-window', '8M'),
+        /^colo-blk primary: --forward-window: '8M' is not a number of bytes$/],
       [primary('--disk', f('corrupt.qcow2'), '--secondary', 'nbd://127.0.0.1:1/parent0', '--listen', freeUnix()), /^colo-blk primary: --disk: cannot open .*corrupt\.qcow2: .*Image is corrupt/],
       [primary('--disk', f('disk.qcow2'), '--secondary', `nbd://127.0.0.1:${closedPort}/parent0`, '--listen', freeUnix()),
         new RegExp(`^colo-blk primary: --secondary: cannot reach the secondary at nbd://127\\.0\\.0\\.1:${closedPort}/parent0 \\(.*Connection refused\\): start colo-blk secondary first and check the address$`)],
