@@ -48,6 +48,8 @@ class Cancelled extends Error {}
 
 /** Longest stretch the allocation scan runs without letting other work in. */
 const SCAN_SLICE_MS = 1;
+/** Longest range one allocation probe covers. */
+const SCAN_STEP = 8 << 20;
 
 export class ActiveCommitJob extends Job {
   readonly top: BlockNode;
@@ -162,7 +164,10 @@ export class ActiveCommitJob extends Job {
       }
       let run;
       try {
-        run = await isAllocatedAbove(this.top, this.base, offset, size - offset);
+        // Bounded steps: each probe walks the upper layers' tables from `offset`
+        // to its end, so an unbounded one would walk a long unallocated run in
+        // the top again for every short run found below it.
+        run = await isAllocatedAbove(this.top, this.base, offset, Math.min(size - offset, SCAN_STEP));
       } catch (err) {
         throw this.fail('status', this.top, err);
       }
