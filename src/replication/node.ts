@@ -121,7 +121,9 @@ export class ReplicationNode extends BlockNode {
         await this.secondary.stop(failover);
         return;
       }
-      await this.window!.settled();
+      // A clean stop leaves the secondary with everything acknowledged; a
+      // failover gives the secondary up, so a dead link must not hold it.
+      if (!failover) await this.window!.settled();
       this.setStage('done');
       this.latched = [];
     });
@@ -218,7 +220,10 @@ export class ReplicationNode extends BlockNode {
       const owned = (stable || buf.length <= COPY_MAX) && this.window!.limits.maxBytes > 0;
       const payload = owned && !stable ? Buffer.from(buf) : buf;
       return this.window!.submit(offset, buf.length, (released) =>
-        file.write(offset, payload, 0, released).catch((err: unknown) => this.latch(file.nodeName, 'nbd', 'write', err, false)), owned);
+        file.write(offset, payload, 0, released).catch((err: unknown) => {
+          // Writes still on their way when a failover gave the secondary up fail unreported, as QEMU's error is reset then.
+          if (this.stageValue === 'running') this.latch(file.nodeName, 'nbd', 'write', err, false);
+        }), owned);
     }
     switch (this.stageValue) {
       case 'none': return Promise.reject(this.refused('write'));

@@ -214,3 +214,35 @@ test('an NBD client\'s payloads (stable buffers) are forwarded without a copy an
     await p.close();
   }
 });
+
+test('primary stop: a clean stop waits for the window; a failover does not wait for a secondary that stopped answering', async () => {
+  const p = await pair();
+  try {
+    const hold = p.parked.addRule({ op: 'write', hold: true, errno: 'EIO' });
+    await p.pvm.write(0, Buffer.alloc(4096, 0x21));
+    await hold.waitForHits(1);
+    // Failover: the stage is DONE at once, the parked write does not hold it, and its late failure is not latched.
+    await p.replication.stop(true);
+    assert.equal(p.replication.stage, 'done');
+    assert.equal(p.replication.window!.requestsOutstanding, 1);
+    hold.release();
+    await p.replication.window!.settled();
+    assert.deepEqual(p.replication.latchedErrors, []);
+  } finally {
+    await p.close();
+  }
+  const q = await pair();
+  try {
+    const hold = q.parked.addRule({ op: 'write', hold: true });
+    await q.pvm.write(0, Buffer.alloc(4096, 0x22));
+    await hold.waitForHits(1);
+    const stop = pending(q.replication.stop(false));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(stop.settled(), false, 'a clean stop waits for the secondary');
+    hold.remove();
+    await stop.p;
+    assert.ok((await secondaryBytes(q, 0, 4096)).equals(Buffer.alloc(4096, 0x22)));
+  } finally {
+    await q.close();
+  }
+});
