@@ -196,14 +196,7 @@ export class FileNode extends BlockNode {
       return;
     }
     if (this.inline(buf.length)) {
-      let error: BlockError | null = null;
-      try {
-        this.writeInline(buf, position);
-      } catch (err) {
-        error = err as BlockError;
-      }
-      // Callers expect the callback after they return, as from the pool.
-      queueMicrotask(() => done(error));
+      callBackLater(() => this.writeInline(buf, position), done);
       return;
     }
     fs.write(this.fd, buf, 0, buf.length, position, (err, n) => {
@@ -230,13 +223,7 @@ export class FileNode extends BlockNode {
       return;
     }
     if (this.inline(buf.length)) {
-      let error: BlockError | null = null;
-      try {
-        this.readInline(buf, position);
-      } catch (err) {
-        error = err as BlockError;
-      }
-      queueMicrotask(() => done(error));
+      callBackLater(() => this.readInline(buf, position), done);
       return;
     }
     fs.read(this.fd, buf, 0, buf.length, position, (err, n) => {
@@ -333,6 +320,17 @@ export class FileNode extends BlockNode {
       throw BlockError.from(err, `${op} on ${this.path} failed`);
     }
   }
+}
+
+/** Runs `io` now and reports its outcome to `done` after the caller returned, as a pool request would. */
+function callBackLater(io: () => void, done: (err: BlockError | null) => void): void {
+  let error: BlockError | null = null;
+  try {
+    io();
+  } catch (err) {
+    error = err as BlockError;
+  }
+  queueMicrotask(() => done(error));
 }
 
 function skipBytes(bufs: Buffer[], skip: number): Buffer[] {
