@@ -38,6 +38,8 @@ export class ForwardWindow {
   private readonly order = new RangeLock();
   private readonly outstanding = new Set<Promise<void>>();
   private bytes = 0;
+  /** Writes that took their room and wait for an overlapping earlier one. */
+  private ordering = 0;
   private roomWaiters: Array<() => void> = [];
 
   constructor(readonly limits: ForwardWindowLimits) {}
@@ -52,7 +54,8 @@ export class ForwardWindow {
 
   /**
    * Resolves once the write may be acknowledged to the writer. `owned`
-   * means the payload belongs to the window (the caller copied it): the
+   * means the payload belongs to the window (a copy, or a buffer its owner
+   * never reuses): the
    * writer is then answered as soon as the write has its place in the
    * window, and `send` runs after the writer's reply went out, batched with
    * the other writes of the same turn of the event loop (one socket write
@@ -63,11 +66,14 @@ export class ForwardWindow {
       await send(noop);
       return;
     }
-    while (this.outstanding.size > 0 && !this.hasRoom(length)) {
+    while (this.outstanding.size + this.ordering > 0 && !this.hasRoom(length)) {
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
     }
-    const guard = await this.order.acquire(offset, offset + length, 'exclusive');
+    // The room is taken before waiting for the order, so concurrent writers cannot all pass the check.
     this.bytes += length;
+    this.ordering++;
+    const guard = await this.order.acquire(offset, offset + length, 'exclusive');
+    this.ordering--;
     let release: (() => void) | null = null;
     const released = owned ? null : new Promise<void>((resolve) => { release = resolve; });
     const started = owned
@@ -109,7 +115,7 @@ export class ForwardWindow {
   }
 
   private hasRoom(length: number): boolean {
-    return this.outstanding.size < this.limits.maxRequests && this.bytes + length <= this.limits.maxBytes;
+    return this.outstanding.size + this.ordering < this.limits.maxRequests && this.bytes + length <= this.limits.maxBytes;
   }
 
   private wakeAll(): void {
