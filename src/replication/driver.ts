@@ -26,6 +26,7 @@ export const replicationDriver: DriverDefinition = {
       return new ReplicationNode(ctx.graph, ctx.nodeName, ctx.readOnly, file, 'primary', null, limits);
     }
     if (mode === 'secondary') {
+      if (window !== undefined) throw new BlockError('EINVAL', 'The secondary side does not support option x-forward-window');
       if (topId === undefined) throw new BlockError('EINVAL', 'Missing the option top-id');
       return new ReplicationNode(ctx.graph, ctx.nodeName, ctx.readOnly, file, 'secondary', topId);
     }

@@ -246,3 +246,17 @@ test('primary stop: a clean stop waits for the window; a failover does not wait 
     await q.close();
   }
 });
+
+test('x-forward-window takes a byte count and refuses anything else; the secondary side does not take it', async () => {
+  const g = createGraph();
+  await g.add({ driver: 'memory', 'node-name': 'm', size: 1 << 20 });
+  await assert.rejects(g.add({ driver: 'replication', 'node-name': 'r1', mode: 'primary', 'x-forward-window': -1, file: 'm' }),
+    /Parameter 'x-forward-window' is out of range/);
+  await assert.rejects(g.add({ driver: 'replication', 'node-name': 'r2', mode: 'primary', 'x-forward-window': 'lots', file: 'm' }),
+    /x-forward-window/);
+  const r = await g.add({ driver: 'replication', 'node-name': 'r3', mode: 'primary', 'x-forward-window': '1M', file: 'm' }) as ReplicationNode;
+  assert.equal(r.window!.limits.maxBytes, 1 << 20);
+  await assert.rejects(g.add({ driver: 'replication', 'node-name': 'r4', mode: 'secondary', 'top-id': 'x', 'x-forward-window': 0, file: 'm' }),
+    /^BlockError: The secondary side does not support option x-forward-window$|The secondary side does not support option x-forward-window/);
+  await g.closeAll();
+});
