@@ -257,6 +257,6 @@ test('x-forward-window takes a byte count and refuses anything else; the seconda
   const r = await g.add({ driver: 'replication', 'node-name': 'r3', mode: 'primary', 'x-forward-window': '1M', file: 'm' }) as ReplicationNode;
   assert.equal(r.window!.limits.maxBytes, 1 << 20);
   await assert.rejects(g.add({ driver: 'replication', 'node-name': 'r4', mode: 'secondary', 'top-id': 'x', 'x-forward-window': 0, file: 'm' }),
-    /^BlockError: The secondary side does not support option x-forward-window$|The secondary side does not support option x-forward-window/);
+    /The secondary side does not support option x-forward-window/);
   await g.closeAll();
 });
