@@ -13,6 +13,7 @@ import { isQmpObject, newObject, type QmpObject, type QmpValue } from './json-va
 import { qdictOrder } from './json-write.js';
 import type { CommandContext, CommandRegistry } from './registry.js';
 import type { QmpSession, SessionHost } from './session.js';
+import { nextTurn } from '../util/turn.js';
 
 /** Let I/O in after this many requests handled without waiting. */
 const BATCH = 64;
@@ -59,7 +60,7 @@ export class Dispatcher implements SessionHost {
           this.log.error('qmp.dispatch_failed', { client: session.id, error: err, stack: err instanceof Error ? err.stack : undefined });
           session.close(false);
         }
-        if (++handled % BATCH === 0) await new Promise((resolve) => setImmediate(resolve));
+        if (++handled % BATCH === 0) await nextTurn();
       }
     } finally {
       this.running = false;

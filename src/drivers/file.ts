@@ -19,11 +19,11 @@ const ZERO_CHUNK = Buffer.alloc(1 << 20);
  * over by preempted workers (measured: 1 MiB copy-before-write throughput
  * +15% inline; docs/performance.md). A device that blocks (a cold read from
  * a disk, writeback throttling) must not stall the loop, so `SLOW_STREAK`
- * requests in a row that take longer than `SLOW_NS` send the node back to
+ * requests in a row that take longer than `SLOW_MS` send the node back to
  * the pool for `BACKOFF_MS`.
  */
 const INLINE_MAX = 1 << 20;
-const SLOW_NS = 500_000n;
+const SLOW_MS = 0.5;
 /** One slow request may be the loop being preempted (wall time); several in a row are the device. */
 const SLOW_STREAK = 3;
 const BACKOFF_MS = 2_000;
@@ -106,46 +106,45 @@ export class FileNode extends BlockNode {
     return true;
   }
 
-  private noteDuration(start: bigint): void {
-    if (process.hrtime.bigint() - start <= SLOW_NS) {
-      this.slowStreak = 0;
-    } else if (++this.slowStreak >= SLOW_STREAK) {
-      this.slowStreak = 0;
-      this.inlineAfter = performance.now() + BACKOFF_MS;
+  /**
+   * Runs one inline system-call loop, turning its errors into BlockErrors
+   * and timing it for the back-off.
+   */
+  private inlineIo<T>(op: 'read' | 'write', io: () => T): T {
+    const start = performance.now();
+    try {
+      return io();
+    } catch (err) {
+      throw BlockError.from(err, `${op} on ${this.path} failed`);
+    } finally {
+      if (performance.now() - start <= SLOW_MS) {
+        this.slowStreak = 0;
+      } else if (++this.slowStreak >= SLOW_STREAK) {
+        this.slowStreak = 0;
+        this.inlineAfter = performance.now() + BACKOFF_MS;
+      }
     }
   }
 
-  /** One inline positional read, fully (zeroes past the end); throws a BlockError. */
+  /** One inline positional read, fully (zeroes past the end). */
   private readInline(buf: Buffer, position: number): void {
-    const start = process.hrtime.bigint();
-    try {
-      let done = 0;
-      while (done < buf.length) {
+    this.inlineIo('read', () => {
+      for (let done = 0; done < buf.length;) {
         const n = fs.readSync(this.fd, buf, done, buf.length - done, position + done);
         if (n === 0) {
           buf.fill(0, done);
-          break;
+          return;
         }
         done += n;
       }
-    } catch (err) {
-      throw BlockError.from(err, `read on ${this.path} failed`);
-    } finally {
-      this.noteDuration(start);
-    }
+    });
   }
 
-  /** One inline positional write, fully; throws a BlockError. */
+  /** One inline positional write, fully. */
   private writeInline(buf: Buffer, position: number): void {
-    const start = process.hrtime.bigint();
-    try {
-      let done = 0;
-      while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done, position + done);
-    } catch (err) {
-      throw BlockError.from(err, `write on ${this.path} failed`);
-    } finally {
-      this.noteDuration(start);
-    }
+    this.inlineIo('write', () => {
+      for (let done = 0; done < buf.length;) done += fs.writeSync(this.fd, buf, done, buf.length - done, position + done);
+    });
     if (position + buf.length > this.length) this.length = position + buf.length;
   }
 
@@ -243,19 +242,12 @@ export class FileNode extends BlockNode {
     let total = 0;
     for (const b of bufs) total += b.length;
     if (this.inline(total)) {
-      const start = process.hrtime.bigint();
-      try {
-        let done = 0;
-        let list = bufs;
-        while (done < total) {
+      this.inlineIo('write', () => {
+        for (let done = 0, list = bufs; done < total;) {
           done += fs.writevSync(this.fd, list, offset + done);
           if (done < total) list = skipBytes(bufs, done);
         }
-      } catch (err) {
-        throw BlockError.from(err, `write on ${this.path} failed`);
-      } finally {
-        this.noteDuration(start);
-      }
+      });
       if (offset + total > this.length) this.length = offset + total;
       if (flags & Req.FUA) await this.io(fdatasync(this.fd), 'flush');
       return;

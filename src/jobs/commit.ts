@@ -22,6 +22,7 @@ import { BufferPool } from './buffer-pool.js';
 import { CommitTopNode } from './commit-filter.js';
 import { Job, type RunResult } from './job.js';
 import { jobRegistry } from './registry.js';
+import { nextTurn } from '../util/turn.js';
 
 export interface CommitJobOptions {
   id?: string;
@@ -159,7 +160,7 @@ export class ActiveCommitJob extends Job {
       // to its end in one go; the guest's requests (a failover's first write)
       // must not wait behind it.
       if (performance.now() - slice > SCAN_SLICE_MS) {
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        await nextTurn();
         slice = performance.now();
       }
       let run;
@@ -217,7 +218,7 @@ export class ActiveCommitJob extends Job {
     const data = this.buffers.take(length);
     try {
       // Small reads run inline on the event loop; let the guest's requests in first.
-      await new Promise<void>((resolve) => setImmediate(resolve));
+      await nextTurn();
       try {
         await this.top.read(start, data);
       } catch (err) {

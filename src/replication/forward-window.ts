@@ -41,6 +41,8 @@ export class ForwardWindow {
   /** Writes that took their room and wait for an overlapping earlier one. */
   private ordering = 0;
   private roomWaiters: Array<() => void> = [];
+  /** Sends of owned writes, started together after the writers' replies. */
+  private deferred: Array<() => void> = [];
 
   constructor(readonly limits: ForwardWindowLimits) {}
 
@@ -88,8 +90,6 @@ export class ForwardWindow {
     this.outstanding.add(answered);
     if (released) await Promise.race([released, answered]);
   }
-
-  private deferred: Array<() => void> = [];
 
   private defer(start: () => void): void {
     this.deferred.push(start);

@@ -21,11 +21,7 @@ export function replicationControl(graph: BlockGraph): ReplicationControl {
     start: (mode) => registry.startAll(mode),
     stop: (failover) => registry.stopAll(failover),
     checkpoint: () => registry.checkpointAll(),
-    checkError: async () => {
-      // The answer covers every write acknowledged before the command, as QEMU's does.
-      await registry.forwarded();
-      registry.getErrorAll();
-    },
+    checkError: () => registry.getErrorAfterForwarding(),
     query: () => registry.status(),
   };
 }

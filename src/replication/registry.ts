@@ -108,16 +108,20 @@ export class ReplicationRegistry {
     await this.stopAll(false);
   }
 
-  /** Resolves once every write a primary node acknowledged has been answered by its secondary (see ForwardWindow). */
-  async forwarded(): Promise<void> {
+  /**
+   * get_error for QMP: first waits until every write a primary node
+   * acknowledged has been answered by its secondary (see ForwardWindow), so
+   * the answer covers them, as QEMU's does.
+   */
+  async getErrorAfterForwarding(): Promise<void> {
     await Promise.all(this.list().map((n) => n.window?.settled()));
+    this.getErrorAll();
   }
 
-  /** query-xen-replication-status; it covers every write acknowledged before it was asked. */
+  /** query-xen-replication-status. */
   async queryStatus(): Promise<XenReplicationStatus> {
-    await this.forwarded();
     try {
-      this.getErrorAll();
+      await this.getErrorAfterForwarding();
       return { error: false };
     } catch (err) {
       if (!(err instanceof ReplicationError)) throw err;

@@ -17,6 +17,7 @@ import type { QuorumNode } from '../../src/drivers/quorum.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import { replicationRegistry } from '../../src/replication/index.js';
 import type { ReplicationNode } from '../../src/replication/node.js';
+import { nextTurn } from '../../src/util/turn.js';
 import { tempDir } from '../helpers/env.js';
 
 const SIZE = 4 << 20;
@@ -111,7 +112,7 @@ test('a rewrite of the same block reaches the secondary after the first, whateve
     await p.pvm.write(4096, Buffer.alloc(4096, 0x01));
     await hold.waitForHits(1);
     const second = pending(p.pvm.write(4096, Buffer.alloc(4096, 0x02)));
-    await new Promise((r) => setImmediate(r));
+    await nextTurn();
     assert.equal(p.replication.window!.requestsOutstanding, 1, 'the rewrite waits for the first answer');
     hold.release();
     await second.p;
@@ -132,7 +133,7 @@ test("the daemon's stop (a COLO pause) returns only once the secondary answered 
     await p.pvm.write(8192, Buffer.alloc(8192, 0x33));
     await hold.waitForHits(1);
     const stop = pending(daemon.pause());
-    await new Promise((r) => setImmediate(r));
+    await nextTurn();
     assert.equal(stop.settled(), false);
     hold.remove();
     await stop.p;
@@ -150,7 +151,7 @@ test('x-forward-window 0 keeps QEMU\'s behaviour: the guest waits for the second
     const hold = p.parked.addRule({ op: 'write', hold: true });
     const write = pending(p.pvm.write(0, Buffer.alloc(4096, 0x44)));
     await hold.waitForHits(1);
-    await new Promise((r) => setImmediate(r));
+    await nextTurn();
     assert.equal(write.settled(), false);
     hold.remove();
     await write.p;
@@ -237,7 +238,7 @@ test('primary stop: a clean stop waits for the window; a failover does not wait 
     await q.pvm.write(0, Buffer.alloc(4096, 0x22));
     await hold.waitForHits(1);
     const stop = pending(q.replication.stop(false));
-    await new Promise((r) => setImmediate(r));
+    await nextTurn();
     assert.equal(stop.settled(), false, 'a clean stop waits for the secondary');
     hold.remove();
     await stop.p;
