@@ -100,16 +100,18 @@ test('secondary running: SIGTERM with writes in flight into the disk and the vie
   try {
     const s = await startSecondary(group, dir);
     const stop = signalAfter(s.child, 24);
+    // Both connected before either stream starts: the signal may come after the first stream's 24th write.
+    const [disk, view] = [await connect(s.sock, 'parent0'), await connect(s.sock, 'svm')];
     const [intoDisk, intoView] = await Promise.all([
-      writeStream(await connect(s.sock, 'parent0'), 0, 64, 2, stop),
-      writeStream(await connect(s.sock, 'svm'), 128, 64, 3, stop),
+      writeStream(disk, 0, 64, 2, stop),
+      writeStream(view, 128, 64, 3, stop),
     ]);
     assert.equal((await s.child.exited).code, 0, s.child.tail());
     await assertClean(s.disk, s.active, s.hidden);
     // The primary's writes are on the disk; the view kept the old data there (saved in hidden) and has its own writes.
     await qemuIo(s.disk, 'qcow2', [...slotReads(intoDisk, 2), ...patternReads(base.subarray(8 * MiB, 12 * MiB), 8 * MiB)], true);
-    const view = chainSpec(s.active, s.hidden, s.disk, 'qcow2');
-    await qemuIo(view, 'qcow2', [...slotReads(intoView, 3), ...patternReads(base.subarray(0, 4 * MiB))], true);
+    const viewChain = chainSpec(s.active, s.hidden, s.disk, 'qcow2');
+    await qemuIo(viewChain, 'qcow2', [...slotReads(intoView, 3), ...patternReads(base.subarray(0, 4 * MiB))], true);
   } finally {
     await group.killAll();
     dir.cleanup();
