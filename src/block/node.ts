@@ -223,7 +223,14 @@ export abstract class BlockNode {
     if (bad) return Promise.reject(bad);
     if (buf.length === 0) return Promise.resolve();
     if (this.gate) return this.gate.then(() => this.write(offset, buf, flags, released));
-    return this.track(this.doWrite(offset, buf, flags, released));
+    let done: Promise<void>;
+    try {
+      done = this.doWrite(offset, buf, flags, released);
+    } catch (err) {
+      // Drivers whose doWrite is not async still fail by rejecting, never by throwing at the caller.
+      done = Promise.reject(err);
+    }
+    return this.track(done);
   }
 
   writeZeroes(offset: number, length: number, flags = 0): Promise<void> {
@@ -364,8 +371,19 @@ export abstract class BlockNode {
 
   private track<T>(p: Promise<T>): Promise<T> {
     this.inFlight++;
-    return p.finally(this.requestDone);
+    // then() with two pre-bound handlers instead of finally(): finally costs an extra promise and microtask per layer.
+    return p.then(this.doneWith, this.doneWithError) as Promise<T>;
   }
+
+  private readonly doneWith = <T>(value: T): T => {
+    this.requestDone();
+    return value;
+  };
+
+  private readonly doneWithError = (err: unknown): never => {
+    this.requestDone();
+    throw err;
+  };
 
   private readonly requestDone = (): void => {
     if (--this.inFlight === 0 && this.drainWaiters.length > 0) {

@@ -41,6 +41,8 @@ function conflicts(a: Entry, b: Entry): boolean {
 export class RangeLock {
   /** Granted and waiting entries in arrival order. */
   private entries: Entry[] = [];
+  /** Entries not yet granted; with none, a release has nobody to wake. */
+  private waiters = 0;
 
   /** Number of granted holders (for tests and drain checks). */
   get held(): number {
@@ -62,6 +64,7 @@ export class RangeLock {
     if (guard) return Promise.resolve(guard);
     const entry: Entry = { start, end, mode, granted: false, resolve: null, released: false };
     this.entries.push(entry);
+    this.waiters++;
     return new Promise<RangeLockGuard>((resolve) => {
       entry.resolve = () => resolve(new Guard(this, entry));
     });
@@ -88,9 +91,11 @@ export class RangeLock {
   releaseEntry(entry: Entry): void {
     if (entry.released) throw new Error('range lock released twice');
     entry.released = true;
-    const idx = this.entries.indexOf(entry);
-    if (idx >= 0) this.entries.splice(idx, 1);
-    this.wake();
+    const entries = this.entries;
+    const idx = entries.lastIndexOf(entry);
+    if (idx === entries.length - 1) entries.pop();
+    else if (idx >= 0) entries.splice(idx, 1);
+    if (this.waiters > 0) this.wake();
   }
 
   private wake(): void {
@@ -105,6 +110,7 @@ export class RangeLock {
       }
       if (!blocked) {
         e.granted = true;
+        this.waiters--;
         const resolve = e.resolve;
         e.resolve = null;
         resolve?.();

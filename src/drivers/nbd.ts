@@ -95,11 +95,15 @@ export class NbdNode extends BlockNode {
 
   // ----------------------------------------------------------------- writes
 
-  protected async doWrite(offset: number, buf: Buffer, flags: number, released?: () => void): Promise<void> {
-    const a = this.align;
+  protected doWrite(offset: number, buf: Buffer, flags: number, released?: () => void): Promise<void> {
     // A request that may be sent again after a reconnect still needs its payload.
     const early = released && !this.conn.retries ? released : undefined;
-    if (a === 1) return this.writeAligned(offset, buf, flags, early);
+    if (this.align === 1) return this.writeAligned(offset, buf, flags, early);
+    return this.writeUnaligned(offset, buf, flags, early);
+  }
+
+  private async writeUnaligned(offset: number, buf: Buffer, flags: number, early: (() => void) | undefined): Promise<void> {
+    const a = this.align;
     // The server can only write whole blocks: merge the edges with what is there.
     const start = offset - (offset % a);
     const end = Math.min(roundUp(offset + buf.length, a), this.size);
@@ -117,8 +121,14 @@ export class NbdNode extends BlockNode {
     }
   }
 
-  private async writeAligned(offset: number, buf: Buffer, flags: number, released?: () => void): Promise<void> {
+  private writeAligned(offset: number, buf: Buffer, flags: number, released?: () => void): Promise<void> {
     const fua = (flags & Req.FUA) !== 0;
+    // The replicated write path: one request, no flush, no promise of our own.
+    if (!fua && buf.length <= this.maxIo) return this.conn.run((c) => c.write(offset, buf, 0, released));
+    return this.writeSplit(offset, buf, fua, released);
+  }
+
+  private async writeSplit(offset: number, buf: Buffer, fua: boolean, released?: () => void): Promise<void> {
     const wire = fua && this.has(TxFlag.SEND_FUA) ? CmdFlag.FUA : 0;
     const pieces = Math.ceil(buf.length / this.maxIo);
     let unsent = pieces;

@@ -235,12 +235,28 @@ export class NbdClient implements ReplyTargets {
     return new Promise((resolve) => this.slotWaiters.push(resolve));
   }
 
-  private async submit(
+  private submit(
+    type: number, flags: number, offset: number, length: number, payload: Buffer | null, dest: Buffer | null,
+    sent?: () => void,
+  ): Promise<Pending> {
+    if (this.free.length > 0 && this.failure === null) return this.send(type, flags, offset, length, payload, dest, sent);
+    return this.submitWhenFree(type, flags, offset, length, payload, dest, sent);
+  }
+
+  private async submitWhenFree(
     type: number, flags: number, offset: number, length: number, payload: Buffer | null, dest: Buffer | null,
     sent?: () => void,
   ): Promise<Pending> {
     while (this.free.length === 0 && this.failure === null) await this.idle();
     if (this.failure !== null) throw this.failure;
+    return this.send(type, flags, offset, length, payload, dest, sent);
+  }
+
+  /** Puts one request on the wire; a slot must be free. */
+  private send(
+    type: number, flags: number, offset: number, length: number, payload: Buffer | null, dest: Buffer | null,
+    sent?: () => void,
+  ): Promise<Pending> {
     const slot = this.free.pop()!;
     const seq = this.seq;
     this.seq = (this.seq + 1) >>> 0 || 1;

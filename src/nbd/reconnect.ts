@@ -106,7 +106,19 @@ export class ReconnectingClient {
   }
 
   /** Runs `op` on the current connection, waiting out or failing through a reconnect as set up. */
-  async run<T>(op: (client: NbdClient) => Promise<T>): Promise<T> {
+  run<T>(op: (client: NbdClient) => Promise<T>): Promise<T> {
+    // Without reconnects a request simply fails with its connection: no retry loop, no extra promise.
+    if (this.stateValue === 'connected' && this.options.reconnectDelayMs === 0) {
+      try {
+        return op(this.client);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    return this.runRetrying(op);
+  }
+
+  private async runRetrying<T>(op: (client: NbdClient) => Promise<T>): Promise<T> {
     for (;;) {
       switch (this.stateValue) {
         case 'connected': {

@@ -110,7 +110,33 @@ export class TransmissionHandler {
   }
 
   /** Runs a valid request and returns its reply; never rejects. */
-  async serve(req: RequestFrame): Promise<Buffer[]> {
+  serve(req: RequestFrame): Promise<Buffer[]> {
+    if (req.type === Cmd.WRITE && req.length > 0) {
+      // Every guest write comes this way: no async frame when its range is free.
+      const guard = this.exp.lock.tryAcquire(req.offset, req.offset + req.length, 'exclusive');
+      if (guard) return this.serveWrite(req, guard);
+    }
+    return this.serveAny(req);
+  }
+
+  private serveWrite(req: RequestFrame, guard: RangeLockGuard): Promise<Buffer[]> {
+    const flags = (req.flags & CmdFlag.FUA ? Req.FUA : 0) | this.forceFua | Req.STABLE_BUFFER;
+    return this.exp.backend.write(req.offset, req.payload!, flags).then(
+      () => {
+        guard.release();
+        const stats = this.exp.stats;
+        stats.writes++;
+        stats.bytesWritten += req.length;
+        return [this.ok(req)];
+      },
+      (err: unknown) => {
+        guard.release();
+        return [this.failed(req, err)];
+      },
+    );
+  }
+
+  private async serveAny(req: RequestFrame): Promise<Buffer[]> {
     const stats = this.exp.stats;
     let guard: RangeLockGuard | null = null;
     try {
@@ -156,20 +182,25 @@ export class TransmissionHandler {
           throw new BlockError('EINVAL', `unsupported command ${req.type}`);
       }
     } catch (err) {
-      stats.errors++;
-      const message = err instanceof Error ? err.message : String(err);
-      const errno = errnoOf(err);
-      const skipped = this.exp.errorLogSlot();
-      if (skipped !== null) {
-        this.log.warn('nbd.request-failed', {
-          export: this.exp.name, command: commandName(req.type), offset: req.offset, length: req.length, errno, error: message,
-          ...(skipped > 0 ? { alsoFailedSinceLastLine: skipped } : {}),
-        });
-      }
-      return [this.rejection(req, { errno, message })];
+      return [this.failed(req, err)];
     } finally {
       guard?.release();
     }
+  }
+
+  /** The reply for a request that failed on the node; the failure is counted and logged (rate-limited). */
+  private failed(req: RequestFrame, err: unknown): Buffer {
+    this.exp.stats.errors++;
+    const message = err instanceof Error ? err.message : String(err);
+    const errno = errnoOf(err);
+    const skipped = this.exp.errorLogSlot();
+    if (skipped !== null) {
+      this.log.warn('nbd.request-failed', {
+        export: this.exp.name, command: commandName(req.type), offset: req.offset, length: req.length, errno, error: message,
+        ...(skipped > 0 ? { alsoFailedSinceLastLine: skipped } : {}),
+      });
+    }
+    return this.rejection(req, { errno, message });
   }
 
   private ok(req: RequestFrame): Buffer {

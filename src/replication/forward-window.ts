@@ -16,7 +16,7 @@
  * the bytes and requests outstanding are bounded, so a slow secondary slows
  * the writer down instead of growing memory.
  */
-import { RangeLock } from '../block/range-lock.js';
+import { RangeLock, type RangeLockGuard } from '../block/range-lock.js';
 
 export interface ForwardWindowLimits {
   /** Bytes sent but not yet answered by the secondary; 0 makes every write wait for its answer (QEMU's behaviour). */
@@ -34,15 +34,31 @@ export const DEFAULT_FORWARD_WINDOW: ForwardWindowLimits = { maxBytes: 8 << 20, 
  */
 export type ForwardSend = (released: () => void) => Promise<void>;
 
+/** One write in the window, from taking its room until the secondary answered. */
+interface Ticket {
+  readonly length: number;
+  readonly guard: RangeLockGuard;
+  readonly send: ForwardSend;
+}
+
+/** A `settled()` caller and the writes it still waits for. */
+interface SettleWaiter {
+  readonly pending: Set<Ticket>;
+  readonly resolve: () => void;
+}
+
+const RESOLVED: Promise<void> = Promise.resolve();
+
 export class ForwardWindow {
   private readonly order = new RangeLock();
-  private readonly outstanding = new Set<Promise<void>>();
+  private readonly outstanding = new Set<Ticket>();
   private bytes = 0;
   /** Writes that took their room and wait for an overlapping earlier one. */
   private ordering = 0;
   private roomWaiters: Array<() => void> = [];
-  /** Sends of owned writes, started together after the writers' replies. */
-  private deferred: Array<() => void> = [];
+  /** Owned writes whose sends start together after the writers' replies. */
+  private deferred: Ticket[] = [];
+  private settleWaiters: SettleWaiter[] = [];
 
   constructor(readonly limits: ForwardWindowLimits) {}
 
@@ -57,17 +73,27 @@ export class ForwardWindow {
   /**
    * Resolves once the write may be acknowledged to the writer. `owned`
    * means the payload belongs to the window (a copy, or a buffer its owner
-   * never reuses): the
-   * writer is then answered as soon as the write has its place in the
-   * window, and `send` runs after the writer's reply went out, batched with
-   * the other writes of the same turn of the event loop (one socket write
-   * for all of them).
+   * never reuses): the writer is then answered as soon as the write has its
+   * place in the window, and `send` runs after the writer's reply went out,
+   * batched with the other writes of the same turn of the event loop (one
+   * socket write for all of them).
+   *
+   * Every replicated write passes here, so the common case (room, no
+   * overlapping write ahead) takes no promise of its own.
    */
-  async submit(offset: number, length: number, send: ForwardSend, owned = false): Promise<void> {
-    if (this.limits.maxBytes === 0) {
-      await send(noop);
-      return;
+  submit(offset: number, length: number, send: ForwardSend, owned = false): Promise<void> {
+    if (this.limits.maxBytes === 0) return send(noop);
+    if (this.outstanding.size + this.ordering === 0 || this.hasRoom(length)) {
+      const guard = this.order.tryAcquire(offset, offset + length, 'exclusive');
+      if (guard) {
+        this.bytes += length;
+        return this.start({ length, guard, send }, owned);
+      }
     }
+    return this.submitQueued(offset, length, send, owned);
+  }
+
+  private async submitQueued(offset: number, length: number, send: ForwardSend, owned: boolean): Promise<void> {
     while (this.outstanding.size + this.ordering > 0 && !this.hasRoom(length)) {
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
     }
@@ -76,33 +102,47 @@ export class ForwardWindow {
     this.ordering++;
     const guard = await this.order.acquire(offset, offset + length, 'exclusive');
     this.ordering--;
-    let release: (() => void) | null = null;
-    const released = owned ? null : new Promise<void>((resolve) => { release = resolve; });
-    const started = owned
-      ? new Promise<void>((resolve) => this.defer(() => resolve(send(noop))))
-      : send(release!);
-    const answered = started.finally(() => {
-      guard.release();
-      this.bytes -= length;
-      this.outstanding.delete(answered);
-      this.wakeAll();
-    });
-    this.outstanding.add(answered);
-    if (released) await Promise.race([released, answered]);
+    return this.start({ length, guard, send }, owned);
   }
 
-  private defer(start: () => void): void {
-    this.deferred.push(start);
-    if (this.deferred.length > 1) return;
-    // Two hops: the writer's reply is queued with setImmediate during this turn, and goes first.
-    setImmediate(() => setImmediate(this.startDeferred));
+  private start(ticket: Ticket, owned: boolean): Promise<void> {
+    this.outstanding.add(ticket);
+    if (owned) {
+      this.deferred.push(ticket);
+      // Two hops: the writer's reply is queued with setImmediate during this turn, and goes first.
+      if (this.deferred.length === 1) setImmediate(this.startDeferredSoon);
+      return RESOLVED;
+    }
+    return new Promise<void>((resolve) => {
+      const answered = (): void => {
+        this.finish(ticket);
+        resolve();
+      };
+      // The writer goes on at `released` or at the answer, whichever comes first.
+      ticket.send(() => resolve()).then(answered, answered);
+    });
   }
+
+  private readonly startDeferredSoon = (): void => {
+    setImmediate(this.startDeferred);
+  };
 
   private readonly startDeferred = (): void => {
-    const starts = this.deferred;
+    const tickets = this.deferred;
     this.deferred = [];
-    for (const start of starts) start();
+    for (const ticket of tickets) {
+      const answered = (): void => this.finish(ticket);
+      ticket.send(noop).then(answered, answered);
+    }
   };
+
+  private finish(ticket: Ticket): void {
+    ticket.guard.release();
+    this.bytes -= ticket.length;
+    this.outstanding.delete(ticket);
+    if (this.settleWaiters.length > 0) this.wakeSettled(ticket);
+    this.wakeAll();
+  }
 
   /**
    * Resolves once every write acknowledged so far has been answered by the
@@ -110,8 +150,20 @@ export class ForwardWindow {
    * under a steady stream of writes still ends).
    */
   settled(): Promise<void> {
-    if (this.outstanding.size === 0) return Promise.resolve();
-    return Promise.all([...this.outstanding]).then(noop);
+    if (this.outstanding.size === 0) return RESOLVED;
+    return new Promise<void>((resolve) => {
+      this.settleWaiters.push({ pending: new Set(this.outstanding), resolve });
+    });
+  }
+
+  private wakeSettled(ticket: Ticket): void {
+    const still: SettleWaiter[] = [];
+    for (const w of this.settleWaiters) {
+      w.pending.delete(ticket);
+      if (w.pending.size === 0) w.resolve();
+      else still.push(w);
+    }
+    this.settleWaiters = still;
   }
 
   private hasRoom(length: number): boolean {
