@@ -123,6 +123,23 @@ export class ServerDecoder {
     this.rb.push(data);
   }
 
+  /**
+   * Where the next socket bytes may be read to directly: the unfilled rest
+   * of the WRITE payload being received (nothing else is buffered then).
+   * Report what arrived there with `pushDirect`.
+   */
+  directTarget(): Buffer | null {
+    if (this.state !== State.Payload || this.remaining === 0 || this.rb.length > 0) return null;
+    return this.sink!.subarray(this.filled, this.filled + this.remaining);
+  }
+
+  /** `n` bytes were read into the buffer `directTarget` returned. */
+  pushDirect(n: number): void {
+    if (this.state !== State.Payload) return; // stopped meanwhile
+    this.filled += n;
+    this.remaining -= n;
+  }
+
   /** The next complete frame, or null until more bytes arrive. Throws NbdProtocolError. */
   next(): ServerFrame | null {
     const rb = this.rb;

@@ -14,6 +14,7 @@ import type { Logger } from '../util/log.js';
 import { Cmd, optionName } from './constants.js';
 import type { NbdExport } from './export.js';
 import { ServerNegotiation, type BlockSizes, type ExportCatalog, type Session } from './negotiation.js';
+import { adoptWithOwnBuffers, type OwnBufferReader } from './own-read-buffers.js';
 import { NbdProtocolError } from './protocol-error.js';
 import { encodeGreeting, ServerDecoder, type RequestFrame, type ServerFrame } from './server-codec.js';
 import { TransmissionHandler } from './transmission.js';
@@ -80,23 +81,31 @@ export class ServerConnection {
   /** `host:port` of a TCP peer, or 'unix'. */
   readonly remote: string;
 
+  private readonly socket: Socket;
+
   constructor(
     readonly id: number,
-    private readonly socket: Socket,
+    accepted: Socket,
     private readonly host: ConnectionHost,
     private readonly limits: ConnectionLimits,
     private readonly log: Logger,
   ) {
     this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
-    this.remote = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
     this.decoder = new ServerDecoder({
       maxOptionLength: limits.maxOptionLength,
       maxPayload: limits.maxPayload,
       maxDrain: limits.maxDrain,
     });
     this.negotiation = new ServerNegotiation(host.catalog, host.blockSizes);
+    const own = adoptWithOwnBuffers(accepted, this.reader);
+    const socket = own ?? accepted;
+    this.socket = socket;
+    this.remote = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix';
     socket.setNoDelay(true);
-    socket.on('data', this.onData);
+    if (!own) {
+      socket.on('data', this.onData);
+      socket.resume();
+    }
     socket.on('end', this.onEnd);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
@@ -139,6 +148,16 @@ export class ServerConnection {
   private readonly onData = (chunk: Buffer): void => {
     this.decoder.push(chunk);
     this.pump();
+  };
+
+  /** Socket reads into our own buffers: the rest of a WRITE payload goes straight where it belongs. */
+  private readonly reader: OwnBufferReader = {
+    target: () => this.decoder.directTarget(),
+    arrived: (n, buf, direct) => {
+      if (direct) this.decoder.pushDirect(n);
+      else this.decoder.push(buf.subarray(0, n));
+      this.pump();
+    },
   };
 
   private readonly onEnd = (): void => {

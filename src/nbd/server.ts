@@ -93,7 +93,8 @@ export class NbdServer implements ConnectionHost, ExportCatalog {
   async listen(addr: SocketAddress): Promise<SocketAddress> {
     if (this.listener) throw new BlockError('EBUSY', 'NBD server already running');
     primeAllocator();
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.accept(s));
+    // Paused on accept: the connection moves the socket's handle to one that reads into its own buffers.
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.accept(s));
     if (this.maxConnections > 0) server.maxConnections = this.maxConnections;
     // Like QEMU, replace a stale socket left by a previous run, but never a
     // regular file and never the socket of a server that still answers.
