@@ -20,7 +20,8 @@ interface Entry {
   start: number;
   end: number;
   mode: LockMode;
-  granted: boolean;
+  /** Position in `granted` while granted (for O(1) removal), -1 while waiting. */
+  slot: number;
   resolve: (() => void) | null;
   released: boolean;
 }
@@ -38,21 +39,24 @@ function conflicts(a: Entry, b: Entry): boolean {
   return a.mode === 'exclusive' || b.mode === 'exclusive';
 }
 
+/**
+ * Granted holders are kept unordered (a release is a swap-remove); waiters
+ * in arrival order. That is enough for the ordering rule: a holder granted
+ * after some waiter arrived was checked against that waiter and does not
+ * conflict with it, so "no earlier entry conflicts" is "no holder and no
+ * earlier waiter conflicts".
+ */
 export class RangeLock {
-  /** Granted and waiting entries in arrival order. */
-  private entries: Entry[] = [];
-  /** Entries not yet granted; with none, a release has nobody to wake. */
-  private waiters = 0;
+  private readonly granted: Entry[] = [];
+  private queue: Entry[] = [];
 
   /** Number of granted holders (for tests and drain checks). */
   get held(): number {
-    let n = 0;
-    for (const e of this.entries) if (e.granted) n++;
-    return n;
+    return this.granted.length;
   }
 
   get waiting(): number {
-    return this.entries.length - this.held;
+    return this.queue.length;
   }
 
   /**
@@ -62,9 +66,8 @@ export class RangeLock {
   acquire(start: number, end: number, mode: LockMode = 'exclusive'): Promise<RangeLockGuard> {
     const guard = this.tryAcquire(start, end, mode);
     if (guard) return Promise.resolve(guard);
-    const entry: Entry = { start, end, mode, granted: false, resolve: null, released: false };
-    this.entries.push(entry);
-    this.waiters++;
+    const entry: Entry = { start, end, mode, slot: -1, resolve: null, released: false };
+    this.queue.push(entry);
     return new Promise<RangeLockGuard>((resolve) => {
       entry.resolve = () => resolve(new Guard(this, entry));
     });
@@ -73,48 +76,66 @@ export class RangeLock {
   /** Grants the range now if no earlier entry conflicts, else returns null. */
   tryAcquire(start: number, end: number, mode: LockMode = 'exclusive'): RangeLockGuard | null {
     if (!(end > start)) throw new RangeError(`empty lock range [${start}, ${end})`);
-    const entry: Entry = { start, end, mode, granted: true, resolve: null, released: false };
-    for (const other of this.entries) {
-      if (conflicts(entry, other)) return null;
-    }
-    this.entries.push(entry);
+    const entry: Entry = { start, end, mode, slot: -1, resolve: null, released: false };
+    if (this.isBlocked(entry, this.queue.length)) return null;
+    this.grant(entry);
     return new Guard(this, entry);
   }
 
   /** True when some granted or waiting entry overlaps [start, end) in a conflicting mode. */
   isContended(start: number, end: number, mode: LockMode = 'exclusive'): boolean {
-    const probe: Entry = { start, end, mode, granted: false, resolve: null, released: false };
-    return this.entries.some((e) => conflicts(probe, e));
+    const probe: Entry = { start, end, mode, slot: -1, resolve: null, released: false };
+    return this.isBlocked(probe, this.queue.length);
   }
 
   /** @internal */
   releaseEntry(entry: Entry): void {
     if (entry.released) throw new Error('range lock released twice');
     entry.released = true;
-    const entries = this.entries;
-    const idx = entries.lastIndexOf(entry);
-    if (idx === entries.length - 1) entries.pop();
-    else if (idx >= 0) entries.splice(idx, 1);
-    if (this.waiters > 0) this.wake();
+    const granted = this.granted;
+    const last = granted.pop()!;
+    if (last !== entry) {
+      granted[entry.slot] = last;
+      last.slot = entry.slot;
+    }
+    entry.slot = -1;
+    if (this.queue.length > 0) this.wake();
+  }
+
+  /** Whether a holder, or one of the first `waitersAhead` waiters, conflicts with `entry`. */
+  private isBlocked(entry: Entry, waitersAhead: number): boolean {
+    for (const other of this.granted) if (conflicts(entry, other)) return true;
+    const queue = this.queue;
+    for (let i = 0; i < waitersAhead; i++) if (conflicts(entry, queue[i]!)) return true;
+    return false;
+  }
+
+  private grant(entry: Entry): void {
+    entry.slot = this.granted.length;
+    this.granted.push(entry);
   }
 
   private wake(): void {
-    // A waiter is granted when no entry before it (granted or still waiting)
-    // conflicts with it: arrival order is kept among overlapping requests.
-    for (let i = 0; i < this.entries.length; i++) {
-      const e = this.entries[i]!;
-      if (e.granted) continue;
+    // A waiter goes when no holder and no waiter before it conflicts:
+    // arrival order is kept among overlapping requests.
+    const queue = this.queue;
+    const still: Entry[] = [];
+    const ready: Entry[] = [];
+    for (const e of queue) {
       let blocked = false;
-      for (let j = 0; j < i; j++) {
-        if (conflicts(e, this.entries[j]!)) { blocked = true; break; }
+      for (const other of this.granted) if (conflicts(e, other)) { blocked = true; break; }
+      if (!blocked) for (const w of still) if (conflicts(e, w)) { blocked = true; break; }
+      if (blocked) still.push(e);
+      else {
+        this.grant(e);
+        ready.push(e);
       }
-      if (!blocked) {
-        e.granted = true;
-        this.waiters--;
-        const resolve = e.resolve;
-        e.resolve = null;
-        resolve?.();
-      }
+    }
+    this.queue = still;
+    for (const e of ready) {
+      const resolve = e.resolve;
+      e.resolve = null;
+      resolve?.();
     }
   }
 }
