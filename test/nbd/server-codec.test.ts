@@ -138,6 +138,45 @@ test('a whole WRITE in one chunk is a view of that chunk; a split one streams in
   assert.ok(g && g.kind === 'request' && g.payload!.equals(payload));
 });
 
+test('property: reading payload bytes straight into directTarget gives the frames that pushing them gives', () => {
+  fc.assert(fc.property(
+    fc.array(fc.record({ len: fc.integer({ min: 0, max: 4096 }), seed: fc.integer({ min: 0, max: 255 }), write: fc.boolean() }), { minLength: 1, maxLength: 8 }),
+    fc.array(fc.integer({ min: 1, max: 3000 }), { minLength: 1, maxLength: 20 }),
+    (reqs, readSizes) => {
+      const handshake = Buffer.concat([u32(1), option(Opt.GO, goData(''))]);
+      const stream = Buffer.concat([handshake, ...reqs.map((r, i) => r.write
+        ? request(Cmd.WRITE, 0, i, 0, r.len, Buffer.alloc(r.len, r.seed))
+        : request(Cmd.READ, 0, i, 0, r.len))]);
+      // A socket reader: each read fills the direct target when there is one (up to its length), else a fresh chunk.
+      const d = new ServerDecoder(LIMITS);
+      const out: ServerFrame[] = [];
+      let at = 0;
+      let k = 0;
+      let directBytes = 0;
+      while (at < stream.length) {
+        const want = readSizes[k++ % readSizes.length]!;
+        const target = d.directTarget();
+        assert.ok(!target || target.length > 0, 'a direct target is never empty');
+        const n = Math.min(want, stream.length - at, target ? target.length : Infinity);
+        if (target) {
+          stream.copy(target, 0, at, at + n);
+          d.pushDirect(n);
+          directBytes += n;
+        } else {
+          d.push(Buffer.from(stream.subarray(at, at + n)));
+        }
+        at += n;
+        for (let f = d.next(); f; f = d.next()) {
+          out.push(f.kind === 'request' && f.payload ? { ...f, payload: Buffer.from(f.payload) } : f);
+          if (f.kind === 'option' && f.code === Opt.GO) d.startTransmission();
+        }
+      }
+      assert.deepEqual(out, decodeAll([stream]));
+      if (directBytes > 0) assert.ok(reqs.some((r) => r.write && r.len > 0));
+    },
+  ), { numRuns: 300 });
+});
+
 test('server encoders produce the exact bytes of the spec', () => {
   assert.equal(encodeGreeting().toString('hex'), '4e42444d41474943' + '49484156454f5054' + '0003');
   assert.equal(encodeOptionReply(Opt.GO, 1).toString('hex'), '0003e889045565a9' + '00000007' + '00000001' + '00000000');
