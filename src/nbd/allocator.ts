@@ -2,8 +2,8 @@
  * Primes glibc's malloc for an I/O server, once per process.
  *
  * glibc starts with a 128 KiB mmap threshold and a 128 KiB trim threshold:
- * every 1 MiB request buffer is then a fresh mmap, and the 64 KiB socket
- * read buffers Node allocates are handed back to the kernel whenever the GC
+ * every 1 MiB request buffer is then a fresh mmap, and the 256 KiB socket
+ * read slabs are handed back to the kernel whenever the GC
  * frees them, so each request pays hundreds of page faults — the storm that
  * caps QEMU's NBD server at 1 MiB requests (anchor REPORT.md §5.1, fixed
  * there with GLIBC_TUNABLES). C code would call mallopt(); JavaScript cannot,

@@ -6,8 +6,9 @@
  * that lies wholly inside one socket read is parsed (and its payload sliced)
  * without a copy. Leftovers that must wait for the next chunk move into a
  * scratch buffer that is reused and grows only as far as the largest partial
- * frame. Views into an adopted chunk may escape (Node never reuses a socket
- * chunk); views into the scratch buffer never do — `take` copies those.
+ * frame. Views into an adopted chunk may escape (neither Node's socket chunks
+ * nor the server's read slabs are ever reused); views into the scratch
+ * buffer never do — `take` copies those.
  *
  * A transient chunk (a socket's reusable `onread` buffer) is adopted only
  * until `detach`, which the reader calls before the buffer is reused; `take`

@@ -154,8 +154,11 @@ export class ServerConnection {
   private readonly reader: OwnBufferReader = {
     target: () => this.decoder.directTarget(),
     arrived: (n, buf, direct) => {
-      if (direct) this.decoder.pushDirect(n);
-      else this.decoder.push(buf.subarray(0, n));
+      if (!direct) {
+        this.onData(buf.subarray(0, n));
+        return;
+      }
+      this.decoder.pushDirect(n);
       this.pump();
     },
   };

@@ -111,31 +111,35 @@ export class TransmissionHandler {
 
   /** Runs a valid request and returns its reply; never rejects. */
   serve(req: RequestFrame): Promise<Buffer[]> {
-    if (req.type === Cmd.WRITE && req.length > 0) {
-      // Every guest write comes this way: no async frame when its range is free.
-      const guard = this.exp.lock.tryAcquire(req.offset, req.offset + req.length, 'exclusive');
-      if (guard) return this.serveWrite(req, guard);
-    }
-    return this.serveAny(req);
+    if (req.type !== Cmd.WRITE) return this.serveAny(req);
+    // Every guest write comes this way: no async frame when its range is free.
+    if (req.length === 0) return this.serveWrite(req, null);
+    const lock = this.exp.lock;
+    const end = req.offset + req.length;
+    const guard = lock.tryAcquire(req.offset, end, 'exclusive');
+    if (guard) return this.serveWrite(req, guard);
+    return lock.acquire(req.offset, end, 'exclusive').then((g) => this.serveWrite(req, g));
   }
 
-  private serveWrite(req: RequestFrame, guard: RangeLockGuard): Promise<Buffer[]> {
+  private serveWrite(req: RequestFrame, guard: RangeLockGuard | null): Promise<Buffer[]> {
+    // Payloads are per request (a buffer of their own, or a slice of a read slab, which is never reused).
     const flags = (req.flags & CmdFlag.FUA ? Req.FUA : 0) | this.forceFua | Req.STABLE_BUFFER;
     return this.exp.backend.write(req.offset, req.payload!, flags).then(
       () => {
-        guard.release();
+        guard?.release();
         const stats = this.exp.stats;
         stats.writes++;
         stats.bytesWritten += req.length;
         return [this.ok(req)];
       },
       (err: unknown) => {
-        guard.release();
+        guard?.release();
         return [this.failed(req, err)];
       },
     );
   }
 
+  /** Everything but WRITE. */
   private async serveAny(req: RequestFrame): Promise<Buffer[]> {
     const stats = this.exp.stats;
     let guard: RangeLockGuard | null = null;
@@ -152,12 +156,6 @@ export class TransmissionHandler {
           stats.bytesRead += req.length;
           return out;
         }
-        case Cmd.WRITE:
-          // Payloads are per request (a buffer of their own, or a slice of a socket chunk, which Node never reuses).
-          await this.exp.backend.write(req.offset, req.payload!, (req.flags & CmdFlag.FUA ? Req.FUA : 0) | this.forceFua | Req.STABLE_BUFFER);
-          stats.writes++;
-          stats.bytesWritten += req.length;
-          return [this.ok(req)];
         case Cmd.WRITE_ZEROES: {
           let flags = req.flags & CmdFlag.NO_HOLE ? 0 : Req.MAY_UNMAP;
           if (req.flags & CmdFlag.FAST_ZERO) flags |= Req.NO_FALLBACK;

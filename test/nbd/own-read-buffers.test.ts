@@ -91,16 +91,19 @@ test('the listener counts an adopted connection until it closes, so close() and 
   const server = net.createServer({ pauseOnConnect: true });
   server.maxConnections = 1;
   const adopted: net.Socket[] = [];
+  let firstAdopted!: () => void;
+  const adoptedOnce = new Promise<void>((resolve) => { firstAdopted = resolve; });
   server.on('connection', (accepted) => {
     const own = adoptWithOwnBuffers(accepted, { target: () => null, arrived: () => {} });
     adopted.push(own!);
+    firstAdopted();
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const { port } = server.address() as net.AddressInfo;
   const first = net.connect(port, '127.0.0.1');
   await once(first, 'connect');
-  while (adopted.length === 0) await new Promise((resolve) => setImmediate(resolve));
+  await adoptedOnce;
 
   // Over the limit: the listener drops the second client at once.
   const second = net.connect(port, '127.0.0.1');
@@ -110,12 +113,12 @@ test('the listener counts an adopted connection until it closes, so close() and 
   assert.equal(adopted.length, 1);
 
   let closed = false;
-  server.close(() => { closed = true; });
+  const serverClosed = new Promise<void>((resolve) => server.close(() => { closed = true; resolve(); }));
   await new Promise((resolve) => setImmediate(resolve));
   assert.equal(closed, false, 'close() waits for the adopted connection');
   const gone = once(first, 'close');
   adopted[0]!.destroy();
   first.resume();
   await gone;
-  while (!closed) await new Promise((resolve) => setImmediate(resolve));
+  await serverClosed;
 });
