@@ -24,6 +24,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSy
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '../src/cli/node-flags.js';
 
 export interface NbdBenchOptions {
   /** Seconds per measurement (the anchor used 20). */
@@ -183,7 +184,7 @@ async function startServers(format: 'raw' | 'qcow2', dir: string, size: number, 
   const blockdev = format === 'raw'
     ? `{"driver":"raw","node-name":"disk0","file":{"driver":"file","filename":"${coloImage}"}}`
     : `{"driver":"qcow2","node-name":"disk0","file":{"driver":"file","filename":"${coloImage}"}}`;
-  const coloArgs = [CLI, 'daemon', '--blockdev', blockdev, '--nbd-server', 'addr.type=inet,addr.host=127.0.0.1,addr.port=0',
+  const coloArgs = [...NODE_FLAGS, CLI, 'daemon', '--blockdev', blockdev, '--nbd-server', 'addr.type=inet,addr.host=127.0.0.1,addr.port=0',
     '--export', 'type=nbd,id=e0,node-name=disk0,name=disk,writable=on', '--log-level', 'warn'];
   const colo = spawn(process.execPath, [...nodeArgs, ...coloArgs], { stdio: ['ignore', 'pipe', 'inherit'] });
   const ready = await new Promise<{ nbd: string }>((resolve, reject) => {

@@ -13,6 +13,7 @@ import { spawnSync } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { NODE_FLAGS } from '../../src/cli/node-flags.js';
 import type { SystemId } from './config.js';
 import { copyImage, createColoOverlays } from './images.js';
 import { waitForNbd } from './nbd-client.js';
@@ -56,7 +57,7 @@ function hasDriver(name: string): boolean {
 }
 
 function nodeArgs(sub: string, args: string[]): string[] {
-  return [COLO_BLK_CLI, sub, ...args];
+  return [...NODE_FLAGS, COLO_BLK_CLI, sub, ...args];
 }
 
 /** A colo-blk process and, when it has one, its QMP monitor. */

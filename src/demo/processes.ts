@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '../cli/node-flags.js';
 
 export const CLI_PATH = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
@@ -31,7 +32,7 @@ export class DaemonProcess {
 
   /** Spawns `colo-blk <args>` and resolves once it printed its ready line. */
   static async start(name: string, args: readonly string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<DaemonProcess> {
-    const child = spawn(process.execPath, [CLI_PATH, ...args], {
+    const child = spawn(process.execPath, [...NODE_FLAGS, CLI_PATH, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { UV_THREADPOOL_SIZE: String(Math.max(2, availableParallelism())), ...process.env, ...options.env },
     });

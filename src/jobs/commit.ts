@@ -47,8 +47,12 @@ export interface CommitFailure {
 
 class Cancelled extends Error {}
 
-/** Longest stretch the allocation scan runs without letting other work in. */
-const SCAN_SLICE_MS = 1;
+/**
+ * Longest stretch the allocation scan runs without letting other work in.
+ * A guest request crosses several event-loop turns (decode, copy-on-write
+ * read, write, metadata), and each of them can wait behind one slice.
+ */
+const SCAN_SLICE_MS = 0.25;
 /** Longest range one allocation probe covers. */
 const SCAN_STEP = 8 << 20;
 
@@ -122,6 +126,8 @@ export class ActiveCommitJob extends Job {
 
   protected async run(): Promise<RunResult> {
     try {
+      // The command that started the job (a failover) answers before the scan.
+      await nextTurn();
       await this.scanAllocated();
       await this.copyUntilClean();
       this.markReady();

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { daemonMain } from '../../src/cli/daemon.js';
+import { NODE_FLAGS } from '../../src/cli/node-flags.js';
 import { NbdClient } from '../../src/nbd/client.js';
 import { CLI, patternBuffer, run, sparseFile, tempDir } from '../helpers/env.js';
 import { coloDaemon } from '../nbd/peers.js';
@@ -15,6 +16,16 @@ function daemon(args: string[]): Promise<{ status: number; stdout: string; stder
 }
 
 const SERVER = 'addr.type=inet,addr.host=127.0.0.1,addr.port=0';
+
+test("the executable's shebang starts Node with the flags every other launcher passes", async () => {
+  const shebang = readFileSync(CLI, 'utf8').split('\n', 1)[0]!;
+  assert.equal(shebang, `#!/usr/bin/env -S node ${NODE_FLAGS.join(' ')}`);
+  // What the kernel runs for `colo-blk --help`: the interpreter line, then the script.
+  const [interpreter, ...interpreterArgs] = shebang.slice(2).split(' ');
+  const r = await run(interpreter!, [...interpreterArgs, CLI, '--help']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^usage: colo-blk <command>/);
+});
 
 test('bad options get a message naming the option and exit status 1', async () => {
   const cases: Array<[string[], RegExp]> = [

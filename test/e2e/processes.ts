@@ -6,6 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { NODE_FLAGS } from '../../src/cli/node-flags.js';
 import { CLI } from '../helpers/env.js';
 
 export interface Exit {
@@ -123,7 +124,7 @@ export class ProcessGroup {
 
   /** `colo-blk ARGS` from this build. */
   colo(name: string, args: readonly string[], env: NodeJS.ProcessEnv = {}): Child {
-    return this.spawn(name, process.execPath, [CLI, ...args], env);
+    return this.spawn(name, process.execPath, [...NODE_FLAGS, CLI, ...args], env);
   }
 
   /** SIGKILLs whatever is still running and waits for all of it. */

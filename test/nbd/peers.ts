@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { NODE_FLAGS } from '../../src/cli/node-flags.js';
 import { CLI, requireTool } from '../helpers/env.js';
 
 export interface Peer {
@@ -84,7 +85,7 @@ export interface ColoDaemon extends Peer {
 
 /** Spawns the compiled `colo-blk daemon` and waits for its ready line. */
 export async function coloDaemon(args: string[], env: NodeJS.ProcessEnv = {}): Promise<ColoDaemon> {
-  const proc = spawn(process.execPath, [CLI, 'daemon', ...args], {
+  const proc = spawn(process.execPath, [...NODE_FLAGS, CLI, 'daemon', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, COLO_BLK_LOG_LEVEL: 'warn', ...env },
   });
