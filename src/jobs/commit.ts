@@ -47,6 +47,8 @@ export interface CommitFailure {
 
 class Cancelled extends Error {}
 
+const NEVER: Promise<void> = new Promise(() => undefined);
+
 /**
  * Longest stretch the allocation scan runs without letting other work in.
  * A guest request crosses several event-loop turns (decode, copy-on-write
@@ -73,6 +75,13 @@ export class ActiveCommitJob extends Job {
   private copied = 0;
   private cursor = 0;
   private firstError: unknown = null;
+  /** The allocation scan, running while the first copies already go. */
+  private scan: Promise<void> = Promise.resolve();
+  private scanning = false;
+  /** Set when the job fails: the scan stops at its next step. */
+  private stopScanning = false;
+  private scanWake: Promise<void> | null = null;
+  private wakeCopier: (() => void) | null = null;
   private readonly buffers: BufferPool;
   /** The base was read-only and is reopened read-write for the job (QEMU's base_ro). */
   private baseWasReadOnly = false;
@@ -128,12 +137,14 @@ export class ActiveCommitJob extends Job {
     try {
       // The command that started the job (a failover) answers before the scan.
       await nextTurn();
-      await this.scanAllocated();
+      this.scan = this.scanInBackground();
       await this.copyUntilClean();
       this.markReady();
       await this.finish();
       return 'completed';
     } catch (err) {
+      this.stopScanning = true;
+      await this.scan;
       await this.drainCopies();
       await this.restoreTop();
       if (err instanceof Cancelled) return 'cancelled';
@@ -156,12 +167,42 @@ export class ActiveCommitJob extends Job {
     this.setProgress(this.copied, this.copied + this.remaining);
   }
 
+  /**
+   * The scan runs beside the copy loop and wakes it with each run it marks,
+   * so copying starts on the first runs found rather than after the whole
+   * disk was probed. A scan failure fails the job through `firstError`.
+   */
+  private async scanInBackground(): Promise<void> {
+    this.scanning = true;
+    try {
+      await this.scanAllocated();
+    } catch (err) {
+      if (!(err instanceof Cancelled)) this.firstError ??= err;
+    } finally {
+      this.scanning = false;
+      this.wakeCopier?.();
+    }
+  }
+
+  /** Resolves when the scan marks more work or ends; never when it is not running. */
+  private scanProgress(): Promise<void> {
+    if (!this.scanning) return NEVER;
+    this.scanWake ??= new Promise((resolve) => {
+      this.wakeCopier = () => {
+        this.scanWake = null;
+        this.wakeCopier = null;
+        resolve();
+      };
+    });
+    return this.scanWake;
+  }
+
   /** Everything allocated in the top or an intermediate layer is dirty to begin with. */
   private async scanAllocated(): Promise<void> {
     const size = this.top.size;
     let slice = performance.now();
     for (let offset = 0; offset < size;) {
-      if (this.cancelRequested) throw new Cancelled();
+      if (this.cancelRequested || this.stopScanning) throw new Cancelled();
       // Cached metadata answers without a system call, so the scan would run
       // to its end in one go; the guest's requests (a failover's first write)
       // must not wait behind it.
@@ -178,7 +219,10 @@ export class ActiveCommitJob extends Job {
       } catch (err) {
         throw this.fail('status', this.top, err);
       }
-      if (run.allocated) this.markDirty(offset, run.length);
+      if (run.allocated) {
+        this.markDirty(offset, run.length);
+        this.wakeCopier?.();
+      }
       offset += run.length;
     }
     this.reportProgress();
@@ -189,12 +233,9 @@ export class ActiveCommitJob extends Job {
       if (this.firstError) throw this.firstError;
       if (this.cancelRequested) throw new Cancelled();
       while (this.inflight.size < this.parallel && this.dirty.count > 0) this.startNextCopy();
-      if (this.inflight.size === 0) {
-        if (this.dirty.count === 0) return;
-        continue;
-      }
-      // Wake on the first copy to finish, or on cancel.
-      await Promise.race([...this.inflight, this.cancellation()]);
+      if (this.inflight.size === 0 && this.dirty.count === 0 && !this.scanning) return;
+      // Wake on the first copy to finish, on more work from the scan or its end, or on cancel.
+      await Promise.race([...this.inflight, this.scanProgress(), this.cancellation()]);
     }
   }
 

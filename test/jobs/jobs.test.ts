@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { BlockBackend } from '../../src/block/backend.js';
+import { BlockError } from '../../src/block/errors.js';
 import type { BlockNode } from '../../src/block/node.js';
 import type { FaultNode } from '../../src/drivers/fault.js';
 import { createGraph } from '../../src/drivers/index.js';
@@ -190,6 +191,58 @@ describe('active commit job', () => {
     const b = Buffer.alloc(4096);
     await base.read(7 * MiB, b);
     assert.ok(b.equals(fill(4096, 0x77)), 'the parked write reached base');
+    dev.detach();
+    await g.closeAll();
+  });
+
+  /** Makes `node`'s allocation probes from `from` on wait for `gate` first, then answer with `outcome`. */
+  function gateStatus(node: BlockNode, from: number, gate: Promise<void>, outcome: 'answer' | 'fail' = 'answer'): void {
+    const probe = node.blockStatus.bind(node);
+    node.blockStatus = async (offset, length) => {
+      if (offset < from) return probe(offset, length);
+      await gate;
+      if (outcome === 'fail') throw new BlockError('EIO', `status of ${node.nodeName} failed`);
+      return probe(offset, length);
+    };
+  }
+
+  test('copies start on the first runs the scan finds, before the scan has ended', async () => {
+    const { g, base, mid, top, dev, baseFault } = await chain();
+    let openGate!: () => void;
+    gateStatus(mid, 2 * MiB, new Promise((resolve) => { openGate = resolve; }));
+    const copies = baseFault.addRule({ op: 'write', hold: true });
+    const job = new ActiveCommitJob(g, { top, base });
+    await job.start();
+    // The scan is parked at 2 MiB; top's run at 0 is already being copied.
+    await copies.waitForHits(1);
+    assert.equal(job.ready, false);
+    openGate();
+    copies.remove();
+    assert.equal((await job.done).ok, true);
+    const expected = fill(8 * MiB, 0x11);
+    expected.fill(0x33, 0, MiB);
+    expected.fill(0x22, 2 * MiB, 3 * MiB);
+    assert.ok((await readAll(base)).equals(expected), 'both runs reached base');
+    dev.detach();
+    await g.closeAll();
+  });
+
+  test('a failed allocation probe fails the job after the copies under way, and leaves top in place', async () => {
+    const { g, base, mid, top, dev, baseFault } = await chain();
+    let failProbe!: () => void;
+    gateStatus(mid, 2 * MiB, new Promise((resolve) => { failProbe = resolve; }), 'fail');
+    const copies = baseFault.addRule({ op: 'write', hold: true });
+    const job = new ActiveCommitJob(g, { top, base });
+    await job.start();
+    await copies.waitForHits(1);
+    failProbe();
+    copies.remove();
+    const outcome = await job.done;
+    assert.equal(outcome.ok, false);
+    assert.equal(outcome.error?.code, 'EIO');
+    assert.deepEqual(job.failure && [job.failure.operation, job.failure.node], ['status', 'top']);
+    assert.equal(dev.node, top);
+    assert.equal(top.parents.size, 1, 'the filter is gone');
     dev.detach();
     await g.closeAll();
   });
