@@ -46,6 +46,8 @@ interface ProcStat {
   ppid: number;
   ticks: number;
   comm: string;
+  /** Start time in clock ticks since boot: tells a recycled pid from a renamed thread (kworkers rename themselves). */
+  start: number;
 }
 
 function readStat(pid: number | string): ProcStat | null {
@@ -58,7 +60,12 @@ function readStat(pid: number | string): ProcStat | null {
   // comm may hold spaces and parentheses: fields resume after the last ')'.
   const close = st.lastIndexOf(')');
   const rest = st.slice(close + 2).split(' ');
-  return { ppid: Number(rest[1]), ticks: Number(rest[11]) + Number(rest[12]), comm: st.slice(st.indexOf('(') + 1, close) };
+  return {
+    ppid: Number(rest[1]),
+    ticks: Number(rest[11]) + Number(rest[12]),
+    comm: st.slice(st.indexOf('(') + 1, close),
+    start: Number(rest[19]),
+  };
 }
 
 /** User + system CPU seconds a process has used so far (all its threads). */
@@ -109,7 +116,7 @@ export function foreignCpu(before: CpuSnapshot, after: CpuSnapshot, root = proce
   for (const [pid, s] of after) {
     if (ours.has(pid)) continue;
     const prev = before.get(pid);
-    const dt = prev && prev.comm === s.comm ? s.ticks - prev.ticks : s.ticks;
+    const dt = prev && prev.start === s.start ? s.ticks - prev.ticks : s.ticks;
     if (dt <= 0) continue;
     total += dt;
     byComm.set(s.comm, (byComm.get(s.comm) ?? 0) + dt);

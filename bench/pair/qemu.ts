@@ -32,7 +32,21 @@ class QemuProcess {
     this.recipe = null;
   }
 
+  /**
+   * Starts QEMU and connects to its monitor, twice if need be: one full run
+   * lost QEMU tuned for good to a single start-up whose monitor did not
+   * greet, and one bad start is no reason to drop a system from the run.
+   */
   static async start(ctx: SystemContext, who: string, env: Record<string, string> | undefined, recipe: string[]): Promise<QemuProcess> {
+    try {
+      return await QemuProcess.startOnce(ctx, who, env, recipe);
+    } catch (err) {
+      ctx.progress(`${who} QEMU: ${(err as Error).message}; starting it again`);
+      return QemuProcess.startOnce(ctx, who, env, recipe);
+    }
+  }
+
+  private static async startOnce(ctx: SystemContext, who: string, env: Record<string, string> | undefined, recipe: string[]): Promise<QemuProcess> {
     const sock = join(ctx.dir, `${who}.qmp`);
     const args = ['-name', who, '-M', 'none', '-nodefaults', '-display', 'none', '-qmp', `unix:${sock},server=on,wait=off`];
     const proc = ctx.pm.spawn(`${ctx.dir.split('/').pop()}-${who}`, QEMU, args, { env });

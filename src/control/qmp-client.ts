@@ -210,7 +210,7 @@ export class QmpClient {
     if (!this.greetingValue) {
       const qmp = msg.QMP;
       if (!isQmpObject(qmp)) {
-        this.protocolError('the peer did not greet with a QMP banner');
+        this.protocolError(`the peer did not greet with a QMP banner (it sent ${JSON.stringify(toPlain(msg)).slice(0, 120)})`);
         return;
       }
       const g = toPlain(qmp) as { version?: VersionInfo; capabilities?: string[] };

@@ -3,8 +3,8 @@ import { spawn } from 'node:child_process';
 import { test } from 'node:test';
 import { CLK_TCK, cpuSecondsOf, foreignCpu, memoryOf, processTree, resetPeakMemory, type CpuSnapshot } from '../../bench/pair/procfs.js';
 
-function snap(entries: Array<[pid: number, ppid: number, ticks: number, comm: string]>): CpuSnapshot {
-  return new Map(entries.map(([pid, ppid, ticks, comm]) => [pid, { ppid, ticks, comm }]));
+function snap(entries: Array<[pid: number, ppid: number, ticks: number, comm: string, start?: number]>): CpuSnapshot {
+  return new Map(entries.map(([pid, ppid, ticks, comm, start = 1]) => [pid, { ppid, ticks, comm, start }]));
 }
 
 test('a process tree holds the root and every descendant, nothing else', () => {
@@ -14,13 +14,14 @@ test('a process tree holds the root and every descendant, nothing else', () => {
   assert.deepEqual(processTree(s, 99), []);
 });
 
-test('foreign CPU counts other processes only, new ones in full, recycled pids afresh', () => {
-  const before = snap([[10, 1, 100, 'harness'], [11, 10, 500, 'qemu'], [20, 1, 1000, 'node'], [30, 1, 50, 'old']]);
-  const after = snap([[10, 1, 150, 'harness'], [11, 10, 900, 'qemu'], [12, 10, 70, 'fio'], [20, 1, 1300, 'node'], [30, 1, 20, 'recycled'], [40, 1, 0, 'idle']]);
+test('foreign CPU counts other processes only, new ones in full, recycled pids afresh, renamed ones by their delta', () => {
+  const before = snap([[10, 1, 100, 'harness'], [11, 10, 500, 'qemu'], [20, 1, 1000, 'node'], [30, 1, 50, 'old'], [50, 2, 9000, 'kworker/1:2-events']]);
+  const after = snap([[10, 1, 150, 'harness'], [11, 10, 900, 'qemu'], [12, 10, 70, 'fio'], [20, 1, 1300, 'node'], [30, 1, 20, 'recycled', 7],
+    [40, 1, 0, 'idle'], [50, 2, 9010, 'kworker/1:2-mm_percpu_wq']]);
   const r = foreignCpu(before, after, 10);
-  // node: 300 ticks; pid 30 now runs another command: all its 20 ticks are new.
-  assert.equal(r.seconds, 320 / CLK_TCK);
-  assert.equal(r.top, `node:${(300 / CLK_TCK).toFixed(1)}s, recycled:${(20 / CLK_TCK).toFixed(1)}s`);
+  // node: 300 ticks; pid 30 started anew: all its 20 ticks are new; the kworker only renamed itself: 10 ticks.
+  assert.equal(r.seconds, 330 / CLK_TCK);
+  assert.equal(r.top, `node:${(300 / CLK_TCK).toFixed(1)}s, recycled:${(20 / CLK_TCK).toFixed(1)}s, kworker/1:2-mm_percpu_wq:${(10 / CLK_TCK).toFixed(1)}s`);
   assert.ok(!r.top.includes('qemu') && !r.top.includes('fio') && !r.top.includes('idle'));
 });
 
