@@ -47,8 +47,6 @@ export interface CommitFailure {
 
 class Cancelled extends Error {}
 
-const NEVER: Promise<void> = new Promise(() => undefined);
-
 /**
  * Longest stretch the allocation scan runs without letting other work in.
  * A guest request crosses several event-loop turns (decode, copy-on-write
@@ -80,7 +78,7 @@ export class ActiveCommitJob extends Job {
   private scanning = false;
   /** Set when the job fails: the scan stops at its next step. */
   private stopScanning = false;
-  private scanWake: Promise<void> | null = null;
+  /** Resolves the copy loop's wait: a copy ended, the scan found work or ended, or cancel. */
   private wakeCopier: (() => void) | null = null;
   private readonly buffers: BufferPool;
   /** The base was read-only and is reopened read-write for the job (QEMU's base_ro). */
@@ -137,6 +135,7 @@ export class ActiveCommitJob extends Job {
     try {
       // The command that started the job (a failover) answers before the scan.
       await nextTurn();
+      void this.cancellation().then(() => this.wake());
       this.scan = this.scanInBackground();
       await this.copyUntilClean();
       this.markReady();
@@ -180,21 +179,14 @@ export class ActiveCommitJob extends Job {
       if (!(err instanceof Cancelled)) this.firstError ??= err;
     } finally {
       this.scanning = false;
-      this.wakeCopier?.();
+      this.wake();
     }
   }
 
-  /** Resolves when the scan marks more work or ends; never when it is not running. */
-  private scanProgress(): Promise<void> {
-    if (!this.scanning) return NEVER;
-    this.scanWake ??= new Promise((resolve) => {
-      this.wakeCopier = () => {
-        this.scanWake = null;
-        this.wakeCopier = null;
-        resolve();
-      };
-    });
-    return this.scanWake;
+  private wake(): void {
+    const wakeCopier = this.wakeCopier;
+    this.wakeCopier = null;
+    wakeCopier?.();
   }
 
   /** Everything allocated in the top or an intermediate layer is dirty to begin with. */
@@ -221,7 +213,7 @@ export class ActiveCommitJob extends Job {
       }
       if (run.allocated) {
         this.markDirty(offset, run.length);
-        this.wakeCopier?.();
+        this.wake();
       }
       offset += run.length;
     }
@@ -234,8 +226,9 @@ export class ActiveCommitJob extends Job {
       if (this.cancelRequested) throw new Cancelled();
       while (this.inflight.size < this.parallel && this.dirty.count > 0) this.startNextCopy();
       if (this.inflight.size === 0 && this.dirty.count === 0 && !this.scanning) return;
-      // Wake on the first copy to finish, on more work from the scan or its end, or on cancel.
-      await Promise.race([...this.inflight, this.scanProgress(), this.cancellation()]);
+      // One fresh promise per wait: racing the long-lived cancellation promise
+      // on every pass would leave a reaction on it per pass for the job's life.
+      await new Promise<void>((resolve) => { this.wakeCopier = resolve; });
     }
   }
 
@@ -253,7 +246,11 @@ export class ActiveCommitJob extends Job {
       this.firstError ??= err;
     });
     this.inflight.add(copy);
-    copy.then(() => this.inflight.delete(copy), () => this.inflight.delete(copy));
+    const ended = (): void => {
+      this.inflight.delete(copy);
+      this.wake();
+    };
+    copy.then(ended, ended);
   }
 
   private async copyChunk(g0: number, g1: number): Promise<void> {
