@@ -73,12 +73,7 @@ export class ActiveCommitJob extends Job {
   private copied = 0;
   private cursor = 0;
   private firstError: unknown = null;
-  /** The allocation scan, running while the first copies already go. */
-  private scan: Promise<void> = Promise.resolve();
-  private scanning = false;
-  /** Set when the job fails: the scan stops at its next step. */
-  private stopScanning = false;
-  /** Resolves the copy loop's wait: a copy ended, the scan found work or ended, or cancel. */
+  /** Resolves the copy loop's wait: a copy ended, or cancel. */
   private wakeCopier: (() => void) | null = null;
   private readonly buffers: BufferPool;
   /** The base was read-only and is reopened read-write for the job (QEMU's base_ro). */
@@ -136,14 +131,12 @@ export class ActiveCommitJob extends Job {
       // The command that started the job (a failover) answers before the scan.
       await nextTurn();
       void this.cancellation().then(() => this.wake());
-      this.scan = this.scanInBackground();
+      await this.scanAllocated();
       await this.copyUntilClean();
       this.markReady();
       await this.finish();
       return 'completed';
     } catch (err) {
-      this.stopScanning = true;
-      await this.scan;
       await this.drainCopies();
       await this.restoreTop();
       if (err instanceof Cancelled) return 'cancelled';
@@ -166,23 +159,6 @@ export class ActiveCommitJob extends Job {
     this.setProgress(this.copied, this.copied + this.remaining);
   }
 
-  /**
-   * The scan runs beside the copy loop and wakes it with each run it marks,
-   * so copying starts on the first runs found rather than after the whole
-   * disk was probed. A scan failure fails the job through `firstError`.
-   */
-  private async scanInBackground(): Promise<void> {
-    this.scanning = true;
-    try {
-      await this.scanAllocated();
-    } catch (err) {
-      if (!(err instanceof Cancelled)) this.firstError ??= err;
-    } finally {
-      this.scanning = false;
-      this.wake();
-    }
-  }
-
   private wake(): void {
     const wakeCopier = this.wakeCopier;
     this.wakeCopier = null;
@@ -194,7 +170,7 @@ export class ActiveCommitJob extends Job {
     const size = this.top.size;
     let slice = performance.now();
     for (let offset = 0; offset < size;) {
-      if (this.cancelRequested || this.stopScanning) throw new Cancelled();
+      if (this.cancelRequested) throw new Cancelled();
       // Cached metadata answers without a system call, so the scan would run
       // to its end in one go; the guest's requests (a failover's first write)
       // must not wait behind it.
@@ -211,10 +187,7 @@ export class ActiveCommitJob extends Job {
       } catch (err) {
         throw this.fail('status', this.top, err);
       }
-      if (run.allocated) {
-        this.markDirty(offset, run.length);
-        this.wake();
-      }
+      if (run.allocated) this.markDirty(offset, run.length);
       offset += run.length;
     }
     this.reportProgress();
@@ -225,7 +198,7 @@ export class ActiveCommitJob extends Job {
       if (this.firstError) throw this.firstError;
       if (this.cancelRequested) throw new Cancelled();
       while (this.inflight.size < this.parallel && this.dirty.count > 0) this.startNextCopy();
-      if (this.inflight.size === 0 && this.dirty.count === 0 && !this.scanning) return;
+      if (this.inflight.size === 0 && this.dirty.count === 0) return;
       // One fresh promise per wait: racing the long-lived cancellation promise
       // on every pass would leave a reaction on it per pass for the job's life.
       await new Promise<void>((resolve) => { this.wakeCopier = resolve; });
