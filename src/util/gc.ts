@@ -9,8 +9,8 @@ import { runInNewContext } from 'node:vm';
 
 let collect: (() => void) | null | undefined;
 
-/** Runs a full collection; false when this runtime offers no way to. */
-export function collectGarbage(): boolean {
+/** Runs a full collection, or nothing when this runtime offers no way to. */
+export function collectGarbage(): void {
   if (collect === undefined) {
     try {
       setFlagsFromString('--expose-gc');
@@ -20,7 +20,5 @@ export function collectGarbage(): boolean {
       collect = null;
     }
   }
-  if (!collect) return false;
-  collect();
-  return true;
+  collect?.();
 }

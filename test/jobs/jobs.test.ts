@@ -141,17 +141,23 @@ describe('active commit job', () => {
     await g.closeAll();
   });
 
-  test('a failed copy fails the job and leaves top in place', async () => {
-    const { g, base, top, dev, baseFault } = await chain();
-    baseFault.addRule({ op: 'write', offset: 2 * MiB, length: 1, errno: 'EIO' });
-    const job = new ActiveCommitJob(g, { top, base });
+  /** Runs a commit expected to fail with EIO at `where`, and checks top kept its place. */
+  async function expectFailedInPlace(c: Awaited<ReturnType<typeof chain>>, where: [operation: string, node: string]): Promise<void> {
+    const job = new ActiveCommitJob(c.g, { top: c.top, base: c.base });
     await job.start();
     const outcome = await job.done;
     assert.equal(outcome.ok, false);
     assert.equal(outcome.error?.code, 'EIO');
-    assert.deepEqual(job.failure && [job.failure.operation, job.failure.node], ['write', 'base']);
-    assert.equal(dev.node, top);
-    assert.equal(top.parents.size, 1, 'the filter is gone');
+    assert.deepEqual(job.failure && [job.failure.operation, job.failure.node], where);
+    assert.equal(c.dev.node, c.top);
+    assert.equal(c.top.parents.size, 1, 'the filter is gone');
+  }
+
+  test('a failed copy fails the job and leaves top in place', async () => {
+    const c = await chain();
+    const { g, dev, baseFault } = c;
+    baseFault.addRule({ op: 'write', offset: 2 * MiB, length: 1, errno: 'EIO' });
+    await expectFailedInPlace(c, ['write', 'base']);
     dev.detach();
     await g.closeAll();
   });
@@ -204,16 +210,10 @@ describe('active commit job', () => {
   }
 
   test('a failed allocation probe fails the job before any copy, and leaves top in place', async () => {
-    const { g, base, mid, top, dev } = await chain();
+    const c = await chain();
+    const { g, base, mid, dev } = c;
     failStatus(mid, 2 * MiB);
-    const job = new ActiveCommitJob(g, { top, base });
-    await job.start();
-    const outcome = await job.done;
-    assert.equal(outcome.ok, false);
-    assert.equal(outcome.error?.code, 'EIO');
-    assert.deepEqual(job.failure && [job.failure.operation, job.failure.node], ['status', 'top']);
-    assert.equal(dev.node, top);
-    assert.equal(top.parents.size, 1, 'the filter is gone');
+    await expectFailedInPlace(c, ['status', 'top']);
     assert.ok((await readAll(base)).equals(fill(8 * MiB, 0x11)), 'nothing was copied');
     dev.detach();
     await g.closeAll();
